@@ -1,0 +1,31 @@
+# Set-up is part of every target: a fresh machine needs only `make demo` or `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# CPU wheel on machines without CUDA; a torch already in the venv (a GPU build, say) is kept.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test lint validity clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m secure_fcit demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check secure_fcit tests benchmarks
+
+validity: $(STAMP)
+	$(BIN)/python benchmarks/validity.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,126 @@
+"""``python -m secure_fcit <command>``: the project's command line.
+
+Commands:
+  demo        the main job on the embedded default (today: the benchmark-validity run)
+  benchmark   generate (or reuse) the synthetic FCIT benchmark files
+  model       build (or reuse) the embedded tiny LLaVA model
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import SecureFCITError
+
+__all__ = ["main", "build_parser"]
+
+
+def _config(args: argparse.Namespace):
+    from .config import Config, load_config
+
+    overrides = {}
+    if getattr(args, "seed", None) is not None:
+        overrides["seed"] = args.seed
+    if getattr(args, "config", None):
+        return load_config(args.config, overrides)
+    from .config import config_from_dict
+
+    return config_from_dict(overrides) if overrides else Config()
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .fcit.validity import dump, run_validity
+
+    cfg = _config(args)
+    print("secure-fcit demo: benchmark validity on the embedded tiny LLaVA model")
+    print("(zero-shot base model, centralized multi-task LoRA, sequential LoRA fine-tuning)\n")
+    result = run_validity(cfg, progress=not args.no_progress)
+    out = Path(args.out)
+    dump(result, out / "validity.json")
+    print(_validity_table(result))
+    print(f"\nwrote {out / 'validity.json'}")
+    return 0
+
+
+def _validity_table(result: dict) -> str:
+    tasks = result["setup"]["tasks"]
+    lines = ["| task | zero-shot | multi-task LoRA | sequential FT (final) |", "|---|---:|---:|---:|"]
+    final = result["finetune"]["accuracy_matrix"][-1]
+    for i, t in enumerate(tasks):
+        zs = result["per_task"]["zero_shot"][t]
+        ub = result["per_task"]["upper_bound"][t]
+        lines.append(f"| {t} | {zs:.1f} | {ub:.1f} | {final[i]:.1f} |")
+    lines.append(
+        f"| **mean** | **{result['zero_shot']:.1f}** | **{result['upper_bound']:.1f}** | "
+        f"**{result['finetune']['last']:.1f}** (forgetting {result['finetune_forgetting']:.1f}) |"
+    )
+    return "\n".join(lines)
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from .data import TASK_NAMES, build_benchmark
+
+    tasks = args.tasks or list(TASK_NAMES)
+    files = build_benchmark(Path(args.out), tasks, args.n_train, args.n_test, args.seed, args.image_size)
+    for name, f in files.items():
+        print(f"{name:14s} {f.n_train:6d} train  {f.n_test:5d} test  {f.directory}")
+    return 0
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    from .model.pretrain import PretrainSpec, ensure_embedded_model
+
+    path = ensure_embedded_model(
+        Path(args.cache_dir) if args.cache_dir else None, pretrain=PretrainSpec(steps=args.steps), seed=args.seed
+    )
+    print(path)
+    print((path / "secure_fcit_build.json").read_text())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m secure_fcit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the main job on the embedded default model")
+    demo.add_argument("--config", help="TOML config (default: built-in defaults)")
+    demo.add_argument("--seed", type=int, help="override the config's seed")
+    demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    demo.set_defaults(func=_cmd_demo)
+
+    bench = sub.add_parser("benchmark", help="generate the synthetic FCIT benchmark (LLaVA JSON + PNG)")
+    bench.add_argument("--out", required=True, help="root directory; one folder per task")
+    bench.add_argument("--tasks", nargs="*", help="task names (default: all 10)")
+    bench.add_argument("--n-train", type=int, default=1000, help="train examples per task")
+    bench.add_argument("--n-test", type=int, default=100, help="test examples per task")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--image-size", type=int, default=64)
+    bench.set_defaults(func=_cmd_benchmark)
+
+    model = sub.add_parser("model", help="build (or find) the embedded tiny LLaVA model")
+    model.add_argument("--cache-dir", help="cache root (default: $SECURE_FCIT_CACHE or ~/.cache/secure-fcit)")
+    model.add_argument("--steps", type=int, default=1200, help="pre-training steps")
+    model.add_argument("--seed", type=int, default=0)
+    model.set_defaults(func=_cmd_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except SecureFCITError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

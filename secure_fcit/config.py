@@ -1,0 +1,208 @@
+"""Typed configuration: dataclasses with validation, loaded from TOML.
+
+Unknown keys are refused with their dotted path (``lora.rnak``), values are type-checked, and each
+section validates its own ranges in ``__post_init__``. Nothing here silently changes a value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "ModelConfig",
+    "DataConfig",
+    "LoraConfigSection",
+    "TrainConfig",
+    "EvalConfig",
+    "ScenarioConfig",
+    "Config",
+    "load_config",
+    "config_from_dict",
+]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    #: "embedded" (the tiny LLaVA built and cached locally) or a local HF LLaVA checkpoint directory.
+    path: str = "embedded"
+    #: cache directory for the embedded model and generated data ("" = $SECURE_FCIT_CACHE or ~/.cache).
+    cache_dir: str = ""
+    #: seed of the embedded model's tokenizer, initialisation and pre-training.
+    seed: int = 0
+    #: pre-training steps of the embedded model.
+    pretrain_steps: int = 1200
+    #: "cpu", "cuda" or "auto" (cuda when available).
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.pretrain_steps < 1:
+            raise ConfigError(f"model.pretrain_steps must be >= 1, got {self.pretrain_steps}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ConfigError(f"model.device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    #: "synthetic" (generated offline) or a directory holding <task>/train.json and <task>/test.jsonl.
+    root: str = "synthetic"
+    n_train: int = 1000
+    n_test: int = 100
+    seed: int = 0
+    image_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.n_train < 1 or self.n_test < 1:
+            raise ConfigError(f"data.n_train and data.n_test must be >= 1, got {self.n_train}, {self.n_test}")
+        if self.image_size < 16:
+            raise ConfigError(f"data.image_size must be >= 16, got {self.image_size}")
+
+
+@dataclass(frozen=True)
+class LoraConfigSection:
+    rank: int = 8
+    alpha: float = 16.0
+    #: "mlp" (gate/up/down, as DISCO), "attn" or "all".
+    targets: str = "mlp"
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ConfigError(f"lora.rank must be >= 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha}")
+        if self.targets not in ("mlp", "attn", "all"):
+            raise ConfigError(f"lora.targets must be 'mlp', 'attn' or 'all', got {self.targets!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 2.0
+    batch_size: int = 32
+    lr: float = 2e-3
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0:
+            raise ConfigError(f"train.epochs must be > 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"train.lr must be in (0, 1), got {self.lr}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 64
+    max_new_tokens: int = 24
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ConfigError("eval.batch_size and eval.max_new_tokens must be >= 1")
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    #: "hom" or "het".
+    setting: str = "hom"
+    #: "task" (8 stages, one task each) or "cap" (4 stages of capability groups).
+    kind: str = "task"
+    n_clients: int = 50
+    clients_per_round: int = 5
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.setting not in ("hom", "het"):
+            raise ConfigError(f"scenario.setting must be 'hom' or 'het', got {self.setting!r}")
+        if self.kind not in ("task", "cap"):
+            raise ConfigError(f"scenario.kind must be 'task' or 'cap', got {self.kind!r}")
+        if self.n_clients < 1 or not 1 <= self.clients_per_round <= self.n_clients:
+            raise ConfigError(
+                f"scenario needs 1 <= clients_per_round <= n_clients, got {self.clients_per_round} "
+                f"and {self.n_clients}"
+            )
+        if self.beta <= 0:
+            raise ConfigError(f"scenario.beta must be > 0, got {self.beta}")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfigSection = field(default_factory=LoraConfigSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    seed: int = 0
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(hint):
+            try:
+                return _check_type(value, arm, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} does not match {hint}")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if isinstance(value, bool) != (hint is bool) or not isinstance(value, hint):
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} ({value!r})")
+        return value
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected nothing, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = ", ".join(f"{prefix}{k}" for k in unknown)
+        raise ConfigError(f"unknown config key {where}; valid keys here: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        where = f"{prefix}{name}"
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, where + ".")
+        else:
+            kwargs[name] = _check_type(value, hint, where)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return _build(Config, data, "")
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a TOML file; ``overrides`` maps dotted keys (``scenario.beta``) to values."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

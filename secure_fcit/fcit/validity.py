@@ -1,0 +1,90 @@
+"""Benchmark validity: the synthetic FCIT benchmark is neither pre-solved nor unlearnable.
+
+Three figures on the 8 task-related tasks (percentages 0–100):
+* ``zero_shot``: the pre-trained base model's mean score (must be low: ≤ 25);
+* ``upper_bound``: one LoRA trained on all 8 tasks pooled (centralized multi-task; must be ≥ 70);
+* ``finetune_forgetting``: Forgetting of plain sequential LoRA fine-tuning over the 8 tasks (≥ 20).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..data.schedule import TASK_ORDER
+from .centralized import multitask_upper_bound, sequential_finetune, zero_shot
+from .workspace import prepare_workspace
+
+__all__ = ["TARGETS", "run_validity"]
+
+TARGETS = {"zero_shot_max": 25.0, "upper_bound_min": 70.0, "finetune_forgetting_min": 20.0}
+
+
+def _weights_digest(model_dir: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(model_dir.glob("*.safetensors")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_validity(config: Config, progress: bool = True, log=print) -> dict:
+    """Run the three validity figures and return them with per-task scores and wall times."""
+    t0 = time.perf_counter()
+    ws = prepare_workspace(config, TASK_ORDER, progress=progress)
+    prep = time.perf_counter() - t0
+    log(f"model: {ws.model_dir}  (prepared with data in {prep:.0f} s)")
+    zs = zero_shot(ws, TASK_ORDER, progress=progress)
+    log(f"zero-shot mean {zs.mean:.1f}  ({zs.seconds:.0f} s)")
+    ub = multitask_upper_bound(ws, TASK_ORDER, seed=config.seed, progress=progress)
+    log(f"multi-task upper bound mean {ub.mean:.1f}  ({ub.seconds:.0f} s)")
+    ft = sequential_finetune(ws, TASK_ORDER, seed=config.seed, progress=progress)
+    log(f"sequential fine-tuning forgetting {ft.summary['forgetting']:.1f}  ({ft.seconds:.0f} s)")
+    result = {
+        "zero_shot": round(zs.mean, 2),
+        "upper_bound": round(ub.mean, 2),
+        "finetune_forgetting": round(ft.summary["forgetting"], 2),
+        "targets": TARGETS,
+        "pass": {
+            "zero_shot": zs.mean <= TARGETS["zero_shot_max"],
+            "upper_bound": ub.mean >= TARGETS["upper_bound_min"],
+            "finetune_forgetting": ft.summary["forgetting"] >= TARGETS["finetune_forgetting_min"],
+        },
+        "seconds": {
+            "prepare": round(prep, 1),
+            "zero_shot": round(zs.seconds, 1),
+            "upper_bound": round(ub.seconds, 1),
+            "finetune": round(ft.seconds, 1),
+        },
+        "per_task": {
+            "zero_shot": {k: round(v, 2) for k, v in zs.scores.items()},
+            "upper_bound": {k: round(v, 2) for k, v in ub.scores.items()},
+        },
+        "finetune": {
+            "accuracy_matrix": [[None if v is None else round(v, 2) for v in row] for row in ft.matrix],
+            **{k: round(v, 2) for k, v in ft.summary.items()},
+        },
+        "setup": {
+            "tasks": list(TASK_ORDER),
+            "n_train_per_task": config.data.n_train,
+            "n_test_per_task": config.data.n_test,
+            "seed": config.seed,
+            "lora": config.lora.__dict__,
+            "train": config.train.__dict__,
+            "model_weights_sha256": _weights_digest(ws.model_dir),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        },
+    }
+    return result
+
+
+def dump(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")

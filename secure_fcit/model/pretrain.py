@@ -1,0 +1,160 @@
+"""Build (once) and cache the embedded default model: tokenizer + tiny LLaVA + generic pre-training.
+
+The build is deterministic for a seed and a spec, and lands in
+``<cache>/models/tiny-llava-<key>/`` as a standard Hugging Face directory (config, safetensors
+weights, tokenizer, processor), so `loading.load_llava` reads it exactly like a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .chat import collate_train, encode_sample, per_sequence_loss
+from .pretrain_data import generate_pretrain_example, pretrain_corpus
+from .tiny import TinyLlavaSpec, build_processor, build_tiny_llava
+from .tokenizer import train_tokenizer
+
+__all__ = ["PretrainSpec", "default_cache_dir", "embedded_model_dir", "ensure_embedded_model"]
+
+log = logging.getLogger(__name__)
+
+BUILD_VERSION = 1
+BUILD_INFO = "secure_fcit_build.json"
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    steps: int = 1200
+    batch_size: int = 32
+    lr: float = 1e-3
+    n_examples: int = 9000
+
+
+def default_cache_dir() -> Path:
+    """``$SECURE_FCIT_CACHE`` or ``$XDG_CACHE_HOME/secure-fcit`` (``~/.cache/secure-fcit``)."""
+    env = os.environ.get("SECURE_FCIT_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "secure-fcit"
+
+
+def _corpus(seed: int) -> list[str]:
+    from ..data.tasks import corpus_text
+
+    chat = ["USER:", "ASSISTANT:", "USER: <image>\n", " ASSISTANT: "]
+    return corpus_text(seed=seed) + pretrain_corpus() + chat
+
+
+def _build_key(spec: TinyLlavaSpec, pre: PretrainSpec, seed: int) -> str:
+    blob = json.dumps(
+        {"spec": spec.to_dict(), "pretrain": pre.__dict__, "seed": seed, "version": BUILD_VERSION},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def embedded_model_dir(
+    cache_dir: Path | None = None,
+    spec: TinyLlavaSpec | None = None,
+    pretrain: PretrainSpec | None = None,
+    seed: int = 0,
+) -> Path:
+    spec = spec or TinyLlavaSpec()
+    pretrain = pretrain or PretrainSpec()
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / "models" / f"tiny-llava-{_build_key(spec, pretrain, seed)}"
+
+
+def ensure_embedded_model(
+    cache_dir: Path | None = None,
+    spec: TinyLlavaSpec | None = None,
+    pretrain: PretrainSpec | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Return the cached embedded model directory, building it first if absent."""
+    spec = spec or TinyLlavaSpec()
+    pretrain = pretrain or PretrainSpec()
+    target = embedded_model_dir(cache_dir, spec, pretrain, seed)
+    if (target / BUILD_INFO).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        info = _build(tmp, spec, pretrain, seed, progress)
+        (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
+        try:
+            tmp.rename(target)
+        except OSError:
+            # Another process finished the same deterministic build first: keep theirs.
+            if not (target / BUILD_INFO).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _build(out: Path, spec: TinyLlavaSpec, pre: PretrainSpec, seed: int, progress: bool) -> dict:
+    t0 = time.perf_counter()
+    tokenizer = train_tokenizer(_corpus(seed), vocab_size=spec.vocab_size)
+    processor = build_processor(tokenizer, spec)
+    model = build_tiny_llava(tokenizer, spec, seed)
+
+    rng = np.random.default_rng([seed, 7])
+    words = sorted({w.strip(".,?!:;") for text in _corpus(seed) for w in text.split()} - {""})
+    words = [w for w in words if "<" not in w]
+    encoded = []
+    for _ in range(pre.n_examples):
+        ex = generate_pretrain_example(rng, spec.image_size, words)
+        encoded.append(encode_sample(processor, ex.image, [(ex.instruction, ex.answer)]))
+
+    torch.manual_seed(seed)
+    model.train()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if ("embed" in name or "norm" in name or name.endswith("bias")) else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=pre.lr
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pre.lr, total_steps=pre.steps, pct_start=0.1)
+    order = np.random.default_rng([seed, 11])
+    losses: list[float] = []
+    bar = tqdm(range(pre.steps), desc="pre-training embedded model", disable=not progress, leave=False)
+    for _ in bar:
+        idx = order.choice(len(encoded), size=pre.batch_size, replace=False)
+        batch = collate_train([encoded[i] for i in idx], tokenizer.pad_token_id)
+        outputs = model(**batch.model_inputs())
+        loss = per_sequence_loss(outputs.logits, batch.labels).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    return {
+        "builder": "secure_fcit.model.pretrain",
+        "version": BUILD_VERSION,
+        "seed": seed,
+        "spec": spec.to_dict(),
+        "pretrain": pre.__dict__,
+        "final_loss": float(np.mean(losses[-50:])),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "torch": torch.__version__,
+    }

@@ -1,0 +1,90 @@
+"""Non-private local LoRA training with the per-sequence loss (DP-SGD lives in ``dp/``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from .chat import EncodedSample, collate_train, per_sequence_loss
+
+__all__ = ["TrainSpec", "train_steps"]
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: float = 2.0
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    warmup_frac: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError(
+                f"training needs epochs > 0, batch_size >= 1 and lr > 0 (got {self.epochs}, "
+                f"{self.batch_size}, {self.lr})"
+            )
+
+
+def train_steps(
+    model: torch.nn.Module,
+    samples: Sequence[EncodedSample],
+    spec: TrainSpec,
+    pad_id: int,
+    seed: int,
+    desc: str = "training",
+    progress: bool = True,
+    extra_loss=None,
+) -> list[float]:
+    """Train the model's trainable parameters on ``samples``; returns the per-step losses.
+
+    ``extra_loss`` (optional) is a callable returning a scalar added to the task loss each step
+    (FedProx's proximal term, EWC's penalty, O-LoRA's orthogonality term).
+    """
+    if not samples:
+        raise ConfigError("no training samples")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters; attach a LoRA adapter first")
+    n = len(samples)
+    bs = min(spec.batch_size, n)
+    steps = max(1, int(round(spec.epochs * n / bs)))
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    warm = max(1, int(spec.warmup_frac * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1.0 - max(0, s - warm) / max(1, steps - warm))
+    )
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    pos = 0
+    losses: list[float] = []
+    model.train()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    for _ in bar:
+        if pos + bs > n:
+            order = rng.permutation(n)
+            pos = 0
+        idx = order[pos : pos + bs]
+        pos += bs
+        batch = collate_train([samples[i] for i in idx], pad_id)
+        out = model(**batch.model_inputs())
+        loss = per_sequence_loss(out.logits, batch.labels).mean()
+        if extra_loss is not None:
+            loss = loss + extra_loss()
+        loss.backward()
+        if spec.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if len(losses) % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+    model.eval()
+    return losses

@@ -1,0 +1,1 @@
+"""Tests of secure_fcit.data."""

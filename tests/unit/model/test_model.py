@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from PIL import Image
+
+from secure_fcit.errors import ConfigError, ModelError
+from secure_fcit.model.chat import IGNORE_INDEX, collate_train, encode_sample, per_sequence_loss
+from secure_fcit.model.loading import load_llava
+from secure_fcit.model.lora import attach_lora, lora_parameters
+from secure_fcit.model.pretrain import PretrainSpec, ensure_embedded_model
+from secure_fcit.model.tokenizer import train_tokenizer
+
+
+def test_tokenizer_round_trip_and_image_token():
+    tok = train_tokenizer(["USER: <image>\nWhat is the box? ASSISTANT: [0.25, 0.50, 0.75, 1.00]"] * 4, 320)
+    ids = tok("[0.25, 0.50]").input_ids
+    assert ids[0] == tok.bos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == "[0.25, 0.50]"
+    assert len(tok("<image>", add_special_tokens=False).input_ids) == 1
+
+
+def test_loader_accepts_the_embedded_directory(micro_model_dir):
+    model, processor = load_llava(micro_model_dir)
+    assert model.config._attn_implementation == "eager"
+    assert not any(p.requires_grad for p in model.parameters())
+    assert processor.tokenizer.pad_token_id is not None
+
+
+def test_loader_errors_name_the_path(tmp_path):
+    with pytest.raises(ModelError, match="no config.json"):
+        load_llava(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match="safetensors"):
+        load_llava(tmp_path)
+
+
+def test_lora_only_on_language_model(micro_model_dir):
+    model, _ = load_llava(micro_model_dir)
+    peft_model = attach_lora(model, rank=4, targets="mlp")
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("language_model" in n and "lora_" in n for n in trainable)
+    assert all(any(k in n for k in ("gate_proj", "up_proj", "down_proj")) for n in trainable)
+    assert not any("vision_tower" in n for n, _ in peft_model.named_parameters() if "lora_" in n)
+    assert len(lora_parameters(peft_model)) == len(trainable)
+    with pytest.raises(ConfigError, match="unknown LoRA targets"):
+        attach_lora(load_llava(micro_model_dir)[0], targets="everything")
+
+
+def _samples(processor, n=3):
+    img = Image.new("RGB", (32, 32), (200, 30, 30))
+    answers = ["circle", "a red square on the left", "B"]
+    return [encode_sample(processor, img, [("What is shown?", answers[i % 3])]) for i in range(n)]
+
+
+def test_prompt_tokens_are_masked(micro_model_dir):
+    _, processor = load_llava(micro_model_dir)
+    s = _samples(processor, 1)[0]
+    n_answer = int((s.labels != IGNORE_INDEX).sum())
+    answer_ids = processor.tokenizer(" circle", add_special_tokens=False).input_ids
+    assert n_answer == len(answer_ids) + 1  # + end of sequence
+    assert s.labels[-1] == processor.tokenizer.eos_token_id
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert (s.input_ids == image_id).sum() > 0
+    assert (s.labels[s.input_ids == image_id] == IGNORE_INDEX).all()
+
+
+def test_per_sequence_loss_does_not_couple_samples(micro_model_dir):
+    model, processor = load_llava(micro_model_dir)
+    pad = processor.tokenizer.pad_token_id
+    samples = _samples(processor, 3)
+    batch = collate_train(samples, pad)
+    with torch.no_grad():
+        together = per_sequence_loss(model(**batch.model_inputs()).logits, batch.labels)
+        for i, s in enumerate(samples):
+            single = collate_train([s], pad)
+            alone = per_sequence_loss(model(**single.model_inputs()).logits, single.labels)
+            torch.testing.assert_close(together[i], alone[0], rtol=1e-4, atol=1e-5)
+        # The HF batch-token mean weights the long caption more than the mean of per-sequence losses.
+        hf = model(**batch.model_inputs(), labels=batch.labels).loss
+    assert not torch.isclose(hf, together.mean(), rtol=1e-3)
+
+
+def _digest(path):
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")):
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def test_pretraining_is_deterministic(tmp_path, micro_spec, micro_model_dir):
+    again = ensure_embedded_model(
+        tmp_path, spec=micro_spec, pretrain=PretrainSpec(steps=8, batch_size=8, n_examples=64), seed=0,
+        progress=False,
+    )
+    assert again != micro_model_dir
+    assert _digest(again) == _digest(micro_model_dir)
+    other = ensure_embedded_model(
+        tmp_path, spec=micro_spec, pretrain=PretrainSpec(steps=8, batch_size=8, n_examples=64), seed=1,
+        progress=False,
+    )
+    assert _digest(other) != _digest(micro_model_dir)
+
+
+def test_cached_build_is_reused(micro_spec, micro_model_dir):
+    again = ensure_embedded_model(
+        micro_model_dir.parent.parent, spec=micro_spec,
+        pretrain=PretrainSpec(steps=8, batch_size=8, n_examples=64), seed=0, progress=False,
+    )
+    assert again == micro_model_dir
