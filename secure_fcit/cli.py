@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="build (or find) the embedded tiny LLaVA model")
     model.add_argument("--cache-dir", help="cache root (default: $SECURE_FCIT_CACHE or ~/.cache/secure-fcit)")
-    model.add_argument("--steps", type=int, default=1200, help="pre-training steps")
+    model.add_argument("--steps", type=int, default=800, help="pre-training steps (projector + language model stage)")
     model.add_argument("--seed", type=int, default=0)
     model.set_defaults(func=_cmd_model)
     return parser

@@ -38,7 +38,7 @@ class ModelConfig:
     #: seed of the embedded model's tokenizer, initialisation and pre-training.
     seed: int = 0
     #: pre-training steps of the embedded model.
-    pretrain_steps: int = 1200
+    pretrain_steps: int = 800
     #: "cpu", "cuda" or "auto" (cuda when available).
     device: str = "auto"
 

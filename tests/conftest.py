@@ -28,7 +28,7 @@ def micro_model_dir(tmp_path_factory, micro_spec):
 
     cache = tmp_path_factory.mktemp("cache")
     return ensure_embedded_model(
-        cache, spec=micro_spec, pretrain=PretrainSpec(steps=8, batch_size=8, n_examples=64), seed=0,
+        cache, spec=micro_spec, pretrain=PretrainSpec(steps=8, batch_size=8, n_examples=64, vision_steps=4, vision_batch_size=8), seed=0,
         progress=False,
     )
 

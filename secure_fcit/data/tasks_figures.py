@@ -44,22 +44,17 @@ FIGURE_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Which one has the highest bar? Reply with A, B, C or D.",
         "In which panel is the bar the tallest? Options: A, B, C or D. Answer with the letter.",
         "Look at the four panels (A, B, C or D). Which panel contains the tallest bar? Give only the letter.",
-    ),
-    "shortest": (
-        "Which panel shows the shortest bar? Answer with the option letter A, B, C or D.",
-        "In which panel is the bar the shortest? Options: A, B, C or D. Answer with the letter.",
-        "The figure has four panels: A (top left), B (top right), C (bottom left) and D (bottom right). "
-        "Which one has the lowest bar? Reply with A, B, C or D.",
+        "Options: A, B, C or D (panels in reading order). Where is the highest bar? Answer with the letter.",
     ),
 }
 
 
 def generate_figure_mcq(rng: np.random.Generator, size: int = 64) -> Example:
-    kind = pick(rng, ("tallest", "shortest"))
+    kind = "tallest"
     answer = int(rng.integers(4))
-    levels = sorted(int(v) for v in rng.choice(np.arange(1, LEVELS + 1), size=4, replace=False))
-    extreme = levels.pop(-1 if kind == "tallest" else 0)
-    others = [levels[int(i)] for i in rng.permutation(3)]
+    # The tallest bar stands clearly above the others (a tiny model must be able to learn it).
+    extreme = int(rng.integers(LEVELS - 1, LEVELS + 1))
+    others = [int(v) for v in rng.integers(1, LEVELS // 2, size=3)]
     panel_levels = others[:answer] + [extreme] + others[answer:]
     image = new_canvas(size, WHITE)
     panel = size / 2
@@ -88,14 +83,15 @@ ICON_TEMPLATES = (
 def generate_icon_qa(rng: np.random.Generator, size: int = 64) -> Example:
     background = light_background(rng, 230)
     image = new_canvas(size, background)
-    kinds = [pick(rng, ICONS) for _ in range(9)]
-    framed = int(rng.integers(9))
+    # A 2x2 grid: big enough cells for a 32-pixel model input.
+    kinds = [pick(rng, ICONS) for _ in range(4)]
+    framed = int(rng.integers(4))
     kinds[framed] = pick(rng, ICONS)  # drawn last so the answer is uniform over the icon kinds
-    cell = size / 3
+    cell = size / 2
     for index, kind in enumerate(kinds):
-        box = cell_box(size, 3, *divmod(index, 3))
-        draw_icon(image, kind, inset_box(box, cell * 0.62), PALETTE[ICON_COLORS[kind]], background)
-    frame_box = cell_box(size, 3, *divmod(framed, 3))
+        box = cell_box(size, 2, *divmod(index, 2))
+        draw_icon(image, kind, inset_box(box, cell * 0.6), PALETTE[ICON_COLORS[kind]], background)
+    frame_box = cell_box(size, 2, *divmod(framed, 2))
     draw_frame(
         image,
         (frame_box[0] + 1, frame_box[1] + 1, frame_box[2] - 1, frame_box[3] - 1),
@@ -107,12 +103,7 @@ def generate_icon_qa(rng: np.random.Generator, size: int = 64) -> Example:
 
 # --- ocr (mirrors OCR-VQA: read the one word on the image) ----------------------------------------
 
-OCR_WORDS: tuple[str, ...] = tuple(
-    (
-        "cat dog sun box map key cup hat pen bus car fish "
-        "bird tree lamp ship book frog milk bell door apple house river"
-    ).split()
-)
+OCR_WORDS: tuple[str, ...] = tuple("cat dog sun box map key cup hat pen bus fish bird tree lamp frog milk".split())
 _INK: tuple[Color, ...] = ((0, 0, 0), (20, 30, 120), (130, 20, 20), (20, 90, 30), (70, 20, 100))
 OCR_TEMPLATES = (
     "What word is written in the image?",
@@ -131,6 +122,7 @@ def generate_ocr(rng: np.random.Generator, size: int = 64) -> Example:
     left, _, right, _ = font.getbbox(word)
     slack_x = max(0.0, (size - (right - left)) / 2 - 2)
     slack_y = max(0.0, (size - sum(font.getmetrics())) / 2 - 1)
+    slack_x, slack_y = min(slack_x, size / 16), min(slack_y, size / 16)
     center = (size / 2 + rng.uniform(-slack_x, slack_x), size / 2 + rng.uniform(-slack_y, slack_y))
     draw_text(image, word, center, pick(rng, _INK), font_size)
     return Example(image, pick(rng, OCR_TEMPLATES), word)
@@ -144,19 +136,17 @@ CHART_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Is the {color} bar the highest one in the chart?",
         "Does the {color} bar have the greatest height?",
         "Looking at the chart, is the {color} bar taller than all the others?",
-    ),
-    "shortest": (
-        "Is the {color} bar the shortest?",
-        "Is the {color} bar the lowest one in the chart?",
-        "Looking at the chart, is the {color} bar shorter than all the others?",
+        "Is the {color} bar taller than the other bars?",
     ),
 }
 
 
 def generate_chart_yesno(rng: np.random.Generator, size: int = 64) -> Example:
     colors = [STRONG_COLORS[int(i)] for i in rng.choice(len(STRONG_COLORS), size=3, replace=False)]
-    levels = [int(v) for v in rng.choice(np.arange(1, LEVELS + 1), size=3, replace=False)]
-    kind = pick(rng, ("tallest", "shortest"))
+    # One bar stands clearly above the others.
+    levels = [int(v) for v in rng.integers(1, LEVELS // 2, size=3)]
+    levels[int(rng.integers(3))] = int(rng.integers(LEVELS - 1, LEVELS + 1))
+    kind = "tallest"
     extreme = int(np.argmax(levels) if kind == "tallest" else np.argmin(levels))
     yes = bool(rng.random() < 0.5)
     target = extreme if yes else pick(rng, [i for i in range(3) if i != extreme])

@@ -25,21 +25,28 @@ from .chat import collate_train, encode_sample, per_sequence_loss
 from .pretrain_data import generate_pretrain_example, pretrain_corpus
 from .tiny import TinyLlavaSpec, build_processor, build_tiny_llava
 from .tokenizer import train_tokenizer
+from .vision_pretrain import pretrain_vision_tower
 
 __all__ = ["PretrainSpec", "default_cache_dir", "embedded_model_dir", "ensure_embedded_model"]
 
 log = logging.getLogger(__name__)
 
-BUILD_VERSION = 1
+BUILD_VERSION = 3
 BUILD_INFO = "secure_fcit_build.json"
 
 
 @dataclass(frozen=True)
 class PretrainSpec:
-    steps: int = 1200
+    """Two stages: the vision tower on generic visual targets, then projector + language model on
+    generic image-text pairs with the vision tower frozen (LLaVA's recipe, in miniature)."""
+
+    steps: int = 800
     batch_size: int = 32
     lr: float = 1e-3
-    n_examples: int = 9000
+    n_examples: int = 8000
+    vision_steps: int = 1500
+    vision_batch_size: int = 32
+    vision_lr: float = 2e-3
 
 
 def default_cache_dir() -> Path:
@@ -116,15 +123,24 @@ def _build(out: Path, spec: TinyLlavaSpec, pre: PretrainSpec, seed: int, progres
     rng = np.random.default_rng([seed, 7])
     words = sorted({w.strip(".,?!:;") for text in _corpus(seed) for w in text.split()} - {""})
     words = [w for w in words if "<" not in w]
-    encoded = []
-    for _ in range(pre.n_examples):
-        ex = generate_pretrain_example(rng, spec.image_size, words)
-        encoded.append(encode_sample(processor, ex.image, [(ex.instruction, ex.answer)]))
+    examples = [generate_pretrain_example(rng, spec.image_size, words) for _ in range(pre.n_examples)]
+    encoded = [encode_sample(processor, ex.image, [(ex.instruction, ex.answer)]) for ex in examples]
+
+    pixels = torch.stack([e.pixel_values for e in encoded])
+    vision_loss = pretrain_vision_tower(
+        model.model.vision_tower, pixels, examples, spec.image_size // spec.patch_size,
+        pre.vision_steps, pre.vision_batch_size, pre.vision_lr, seed, progress,
+    )
+    for p in model.model.vision_tower.parameters():
+        p.requires_grad_(False)
 
     torch.manual_seed(seed)
     model.train()
+    model.model.vision_tower.eval()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         (no_decay if ("embed" in name or "norm" in name or name.endswith("bias")) else decay).append(p)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=pre.lr
@@ -132,20 +148,22 @@ def _build(out: Path, spec: TinyLlavaSpec, pre: PretrainSpec, seed: int, progres
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pre.lr, total_steps=pre.steps, pct_start=0.1)
     order = np.random.default_rng([seed, 11])
     losses: list[float] = []
-    bar = tqdm(range(pre.steps), desc="pre-training embedded model", disable=not progress, leave=False)
+    bar = tqdm(range(pre.steps), desc="pre-training projector + language model", disable=not progress, leave=False)
     for _ in bar:
         idx = order.choice(len(encoded), size=pre.batch_size, replace=False)
         batch = collate_train([encoded[i] for i in idx], tokenizer.pad_token_id)
         outputs = model(**batch.model_inputs())
         loss = per_sequence_loss(outputs.logits, batch.labels).mean()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)  # saved weights carry no training state; loaders freeze explicitly
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     return {
@@ -155,6 +173,7 @@ def _build(out: Path, spec: TinyLlavaSpec, pre: PretrainSpec, seed: int, progres
         "spec": spec.to_dict(),
         "pretrain": pre.__dict__,
         "final_loss": float(np.mean(losses[-50:])),
+        "vision_final_loss": vision_loss,
         "seconds": round(time.perf_counter() - t0, 1),
         "torch": torch.__version__,
     }

@@ -10,12 +10,21 @@ the base model's zero-shot score.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["PretrainExample", "generate_pretrain_example", "pretrain_corpus"]
+__all__ = [
+    "KINDS",
+    "GLYPHS",
+    "N_COLOURS",
+    "PretrainExample",
+    "generate_pretrain_example",
+    "pretrain_corpus",
+    "dense_targets",
+    "generic_prompts",
+]
 
 _COLOURS = {
     "red": (220, 40, 40),
@@ -39,14 +48,26 @@ _BLOB_PROMPTS = ("Where is the {} blob?", "In which row and column is the {} blo
 _CORNER_PROMPTS = ("How many corners does the polygon have?", "Count the corners of the polygon.")
 _GLYPH_PROMPTS = ("Transcribe the characters.", "Spell out the characters one by one.")
 _GLYPHS = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+GLYPHS = _GLYPHS
+KINDS = ("quadrants", "strokes", "blobs", "polygon", "glyphs", "echo")
+_DIRECTIONS = ("horizontal", "vertical", "rising", "falling")
+N_COLOURS = len(_COLOURS)
 _ECHO_PROMPTS = ("Repeat after me: {}", "Say exactly this: {}", "Echo the words: {}")
 
 
 @dataclass(frozen=True)
 class PretrainExample:
+    """An image, a generic instruction and its answer, and labels for the vision-tower stage.
+
+    ``labels``: ``kind`` (index into KINDS), and where they apply ``corners`` (3–7),
+    ``chars`` (indices into GLYPHS, in reading order) and ``direction`` (index of the stroke
+    direction); absent keys do not apply.
+    """
+
     image: Image.Image
     instruction: str
     answer: str
+    labels: dict = field(default_factory=dict)
 
 
 def _noise(rng: np.random.Generator, img: np.ndarray, scale: float) -> np.ndarray:
@@ -65,11 +86,13 @@ def _quadrants(rng: np.random.Generator, size: int) -> PretrainExample:
         Image.fromarray(img.astype(np.uint8)),
         _QUADRANT_PROMPTS[int(rng.integers(len(_QUADRANT_PROMPTS)))],
         ", ".join(picks),
+        {"kind": 0},
     )
 
 
 def _strokes(rng: np.random.Generator, size: int) -> PretrainExample:
-    direction = ["horizontal", "vertical", "rising", "falling"][int(rng.integers(4))]
+    d = int(rng.integers(4))
+    direction = _DIRECTIONS[d]
     bg = tuple(int(v) for v in rng.integers(150, 256, size=3))
     im = Image.new("RGB", (size, size), bg)
     draw = ImageDraw.Draw(im)
@@ -85,7 +108,9 @@ def _strokes(rng: np.random.Generator, size: int) -> PretrainExample:
             draw.line([(a - size, size), (a, 0)], fill=fg, width=width)
         else:
             draw.line([(a - size, 0), (a, size)], fill=fg, width=width)
-    return PretrainExample(im, _STROKE_PROMPTS[int(rng.integers(2))], f"{direction} strokes")
+    return PretrainExample(
+        im, _STROKE_PROMPTS[int(rng.integers(2))], f"{direction} strokes", {"kind": 1, "direction": d}
+    )
 
 
 def _blobs(rng: np.random.Generator, size: int) -> PretrainExample:
@@ -105,7 +130,7 @@ def _blobs(rng: np.random.Generator, size: int) -> PretrainExample:
     k = int(rng.integers(n))
     r, c = divmod(int(cells[k]), 4)
     prompt = _BLOB_PROMPTS[int(rng.integers(2))].format(colours[k])
-    return PretrainExample(im, prompt, f"row {r + 1} column {c + 1}")
+    return PretrainExample(im, prompt, f"row {r + 1} column {c + 1}", {"kind": 2})
 
 
 def _polygon(rng: np.random.Generator, size: int) -> PretrainExample:
@@ -123,14 +148,15 @@ def _polygon(rng: np.random.Generator, size: int) -> PretrainExample:
         draw.polygon(pts, fill=fg)
     else:
         draw.polygon(pts, outline=fg, width=2)
-    return PretrainExample(im, _CORNER_PROMPTS[int(rng.integers(2))], str(k))
+    return PretrainExample(im, _CORNER_PROMPTS[int(rng.integers(2))], str(k), {"kind": 3, "corners": k})
 
 
 def _glyphs(rng: np.random.Generator, size: int) -> PretrainExample:
     from PIL import ImageFont
 
     n = int(rng.integers(2, 5))
-    chars = [_GLYPHS[int(i)] for i in rng.integers(0, len(_GLYPHS), size=n)]
+    idx = [int(i) for i in rng.integers(0, len(_GLYPHS), size=n)]
+    chars = [_GLYPHS[i] for i in idx]
     font = ImageFont.load_default(size=int(rng.integers(13, 18)))
     bg = tuple(int(v) for v in rng.integers(215, 256, size=3))
     fg = tuple(int(v) for v in rng.integers(0, 100, size=3))
@@ -141,7 +167,7 @@ def _glyphs(rng: np.random.Generator, size: int) -> PretrainExample:
     x = rng.uniform(0, max(1.0, size - (right - left))) - left
     y = rng.uniform(0, max(1.0, size - (bottom - top))) - top
     draw.text((x, y), text, fill=fg, font=font)
-    return PretrainExample(im, _GLYPH_PROMPTS[int(rng.integers(2))], " ".join(chars))
+    return PretrainExample(im, _GLYPH_PROMPTS[int(rng.integers(2))], " ".join(chars), {"kind": 4, "chars": idx})
 
 
 def _echo(rng: np.random.Generator, size: int, words: list[str]) -> PretrainExample:
@@ -150,7 +176,9 @@ def _echo(rng: np.random.Generator, size: int, words: list[str]) -> PretrainExam
     grey = int(rng.integers(0, 256))
     img = _noise(rng, np.full((size, size, 3), float(grey)), 20.0)
     template = _ECHO_PROMPTS[int(rng.integers(len(_ECHO_PROMPTS)))]
-    return PretrainExample(Image.fromarray(img.astype(np.uint8)), template.format(phrase), phrase)
+    return PretrainExample(
+        Image.fromarray(img.astype(np.uint8)), template.format(phrase), phrase, {"kind": 5}
+    )
 
 
 def generate_pretrain_example(rng: np.random.Generator, size: int, words: list[str]) -> PretrainExample:
@@ -169,6 +197,14 @@ def generate_pretrain_example(rng: np.random.Generator, size: int, words: list[s
     return _echo(rng, size, words)
 
 
+def generic_prompts() -> list[str]:
+    """The generic instructions of the pre-training mixture (a public reference corpus)."""
+    texts = list(_QUADRANT_PROMPTS + _STROKE_PROMPTS + _CORNER_PROMPTS + _GLYPH_PROMPTS)
+    texts += [t.format(c) for t in _BLOB_PROMPTS for c in _COLOURS]
+    texts += [t.format(w) for t in _ECHO_PROMPTS for w in ("the picture", "a word", "this")]
+    return texts
+
+
 def pretrain_corpus() -> list[str]:
     """Every fixed string the generic pre-training uses (for the tokenizer)."""
     texts = list(_QUADRANT_PROMPTS + _STROKE_PROMPTS + _CORNER_PROMPTS + _GLYPH_PROMPTS)
@@ -176,3 +212,33 @@ def pretrain_corpus() -> list[str]:
     texts += [", ".join(_COLOURS), "horizontal vertical rising falling strokes", " ".join(_GLYPHS)]
     texts += [f"row {r} column {c}" for r in range(1, 5) for c in range(1, 5)]
     return texts
+
+
+_PALETTE = np.array(list(_COLOURS.values()), dtype=np.float64)
+
+
+def dense_targets(image: Image.Image, grid: int, sub: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell targets of a ``grid`` x ``grid`` layout (one cell per vision patch token).
+
+    Returns ``colour`` (grid², int: 0 = no foreground, else 1 + nearest palette colour of the
+    cell's foreground) and ``mask`` (grid², sub², float 0/1: the cell's foreground at sub x sub).
+    Foreground = pixels far from the image's border colour. Generic: computed from pixels alone.
+    """
+    a = np.asarray(image.convert("RGB"), dtype=np.float64)
+    h, w, _ = a.shape
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    bg = np.median(border, axis=0)
+    fg = np.abs(a - bg).sum(axis=2) > 90.0
+    ch, cw = h // grid, w // grid
+    colour = np.zeros(grid * grid, dtype=np.int64)
+    mask = np.zeros((grid * grid, sub * sub), dtype=np.float32)
+    for r in range(grid):
+        for c in range(grid):
+            cell = fg[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw]
+            k = r * grid + c
+            blocks = cell[: (ch // sub) * sub, : (cw // sub) * sub].reshape(sub, ch // sub, sub, cw // sub)
+            mask[k] = (blocks.mean(axis=(1, 3)) > 0.5).reshape(-1)
+            if cell.mean() > 0.1:
+                pix = a[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw][cell]
+                colour[k] = 1 + int(np.argmin(((_PALETTE - pix.mean(axis=0)) ** 2).sum(axis=1)))
+    return colour, mask

@@ -92,13 +92,13 @@ def _digest(path):
 
 def test_pretraining_is_deterministic(tmp_path, micro_spec, micro_model_dir):
     again = ensure_embedded_model(
-        tmp_path, spec=micro_spec, pretrain=PretrainSpec(steps=8, batch_size=8, n_examples=64), seed=0,
+        tmp_path, spec=micro_spec, pretrain=PretrainSpec(steps=8, batch_size=8, n_examples=64, vision_steps=4, vision_batch_size=8), seed=0,
         progress=False,
     )
     assert again != micro_model_dir
     assert _digest(again) == _digest(micro_model_dir)
     other = ensure_embedded_model(
-        tmp_path, spec=micro_spec, pretrain=PretrainSpec(steps=8, batch_size=8, n_examples=64), seed=1,
+        tmp_path, spec=micro_spec, pretrain=PretrainSpec(steps=8, batch_size=8, n_examples=64, vision_steps=4, vision_batch_size=8), seed=1,
         progress=False,
     )
     assert _digest(other) != _digest(micro_model_dir)
@@ -107,6 +107,6 @@ def test_pretraining_is_deterministic(tmp_path, micro_spec, micro_model_dir):
 def test_cached_build_is_reused(micro_spec, micro_model_dir):
     again = ensure_embedded_model(
         micro_model_dir.parent.parent, spec=micro_spec,
-        pretrain=PretrainSpec(steps=8, batch_size=8, n_examples=64), seed=0, progress=False,
+        pretrain=PretrainSpec(steps=8, batch_size=8, n_examples=64, vision_steps=4, vision_batch_size=8), seed=0, progress=False,
     )
     assert again == micro_model_dir

@@ -1,0 +1,355 @@
+"""The secure-aggregation interface, the ``Aggregate`` it produces, and the plaintext baseline.
+
+The organizer (DKO) accepts only ``Aggregate`` objects, and only aggregators can build one:
+``Aggregate.__init__`` demands the module-private capability ``_AGGREGATOR_KEY``. The rule is that
+only aggregator modules (this one, and later ``secagg`` and ``ckks``) import that name; a grep for
+it is the audit. That makes "the organizer sees sums only" a property of the types rather than of
+the call sites.
+
+Both sides are sans-IO. The coordinator side (``SecureAggregator``) is told the cohort and the
+vector length, fed the messages of cohort members and their drops, and answers with messages to
+send; it is complete when every cohort member has contributed or dropped and at least
+``min_contributors`` contributed. The worker side (``ClientAggregator``) turns the worker's vector
+into messages and answers later phases. Plaintext needs one message per worker; masking and CKKS
+use several request/response phases through the same ``receive`` methods and their own message
+types (``message_types``), which the coordinator and the worker route to them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from secure_fcit.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from secure_fcit.protocols.messages import (
+    Contribution,
+    Message,
+    TokenUpload,
+    UpdateUpload,
+    check_id,
+    check_int,
+)
+
+__all__ = [
+    "AGGREGATION_KINDS",
+    "PHASES",
+    "AggregationRound",
+    "Aggregate",
+    "Outgoing",
+    "UploadFactory",
+    "SecureAggregator",
+    "ClientAggregator",
+    "PlaintextAggregator",
+    "PlaintextClient",
+]
+
+AGGREGATION_KINDS: tuple[str, ...] = ("plaintext", "masking", "ckks")
+PHASES: tuple[str, ...] = ("token", "update")
+_STAGE = "aggregation"
+
+Outgoing = tuple[str, Message]
+"""(recipient id, message)."""
+UploadFactory = Callable[[np.ndarray, str], Message]
+"""Builds the worker's contribution message (TokenUpload or UpdateUpload) from (payload, encoding)."""
+
+
+class _Capability:
+    """Proof of being an aggregator. Only aggregator modules import ``_AGGREGATOR_KEY``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<aggregator capability>"
+
+
+_AGGREGATOR_KEY = _Capability()
+
+
+@dataclass(frozen=True)
+class AggregationRound:
+    """What one secure sum is bound to: federation, stage, round (-1: token phase), attempt, phase."""
+
+    federation_id: str
+    stage: int
+    round: int
+    attempt: int
+    phase: str
+
+    def __post_init__(self) -> None:
+        check_id("federation_id", self.federation_id)
+        check_int("stage", self.stage, 0)
+        check_int("round", self.round, -1)
+        check_int("attempt", self.attempt, 0)
+        if self.phase not in PHASES:
+            raise ConfigError(f"phase must be one of {PHASES}, got {self.phase!r}")
+        if (self.phase == "token") != (self.round == -1):
+            raise ConfigError("the token phase has round -1 and only it does")
+
+    def binds(self, message: Message) -> bool:
+        """Whether ``message`` belongs to this secure sum."""
+        return (message.federation_id, message.stage, message.round, message.attempt) == (
+            self.federation_id,
+            self.stage,
+            self.round,
+            self.attempt,
+        )
+
+
+class Aggregate:
+    """The result of one secure sum: the only input derived from client data the organizer takes.
+
+    ``vector`` is the float64 sum of the contributors' vectors; ``contributors`` are their ids.
+    Build one only inside an aggregator (the constructor demands ``_AGGREGATOR_KEY``).
+    """
+
+    __slots__ = ("_round_id", "_vector", "_contributors", "_kind")
+
+    def __init__(
+        self,
+        key: object,
+        *,
+        round_id: AggregationRound,
+        vector: np.ndarray,
+        contributors: Sequence[str],
+        kind: str,
+    ) -> None:
+        if key is not _AGGREGATOR_KEY:
+            raise LocalProtocolError(
+                "Aggregate objects are built by secure aggregators only; pass the sum through a "
+                "SecureAggregator instead of constructing it",
+                stage=_STAGE,
+            )
+        if not isinstance(round_id, AggregationRound):
+            raise ConfigError("round_id must be an AggregationRound")
+        if kind not in AGGREGATION_KINDS:
+            raise ConfigError(f"kind must be one of {AGGREGATION_KINDS}, got {kind!r}")
+        ids = tuple(sorted(check_id("contributor", c) for c in contributors))
+        if not ids or len(set(ids)) != len(ids):
+            raise ConfigError("an Aggregate needs at least one contributor, each listed once")
+        if not isinstance(vector, np.ndarray) or vector.ndim != 1 or not np.isfinite(vector).all():
+            raise ConfigError("vector must be a finite 1-D numpy array")
+        frozen = np.array(vector, dtype=np.float64, copy=True)
+        frozen.setflags(write=False)
+        for name, value in (
+            ("_round_id", round_id),
+            ("_vector", frozen),
+            ("_contributors", ids),
+            ("_kind", kind),
+        ):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Aggregate is immutable")
+
+    @property
+    def round_id(self) -> AggregationRound:
+        return self._round_id
+
+    @property
+    def vector(self) -> np.ndarray:
+        """The summed vector (float64, read-only)."""
+        return self._vector
+
+    @property
+    def contributors(self) -> tuple[str, ...]:
+        return self._contributors
+
+    @property
+    def n_contributors(self) -> int:
+        return len(self._contributors)
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    def __repr__(self) -> str:
+        return (
+            f"Aggregate(kind={self._kind!r}, round_id={self._round_id}, n_contributors="
+            f"{self.n_contributors}, length={self._vector.size})"
+        )
+
+
+class SecureAggregator(ABC):
+    """Coordinator side of one secure sum; a fresh instance per phase (see module docstring)."""
+
+    kind: ClassVar[str]
+    encoding: ClassVar[str]
+    message_types: ClassVar[tuple[type[Message], ...]] = ()  # extra phase messages it consumes
+
+    def __init__(self, min_contributors: int = 1) -> None:
+        self.min_contributors = check_int("min_contributors", min_contributors, 1)
+
+    @abstractmethod
+    def begin(self, round_id: AggregationRound, cohort: Sequence[str], vector_length: int) -> list[Outgoing]:
+        """Start a sum over ``cohort``'s vectors of ``vector_length``; returns messages to send."""
+
+    @abstractmethod
+    def receive(self, sender: str, message: Message) -> list[Outgoing]:
+        """Take a cohort member's message; ``RemoteProtocolError`` if the sender broke the protocol."""
+
+    @abstractmethod
+    def dropped(self, sender: str) -> list[Outgoing]:
+        """A cohort member is gone (lost, refused, or dropped for misbehaviour)."""
+
+    @abstractmethod
+    def result(self) -> Aggregate | None:
+        """The aggregate once complete, else None (see ``failure`` for a sum that cannot complete)."""
+
+    @property
+    @abstractmethod
+    def failure(self) -> str | None:
+        """Why this sum can no longer complete (too few contributors left), or None."""
+
+
+class ClientAggregator(ABC):
+    """Worker side of secure sums; one instance per worker, ``begin`` once per phase."""
+
+    kind: ClassVar[str]
+    message_types: ClassVar[tuple[type[Message], ...]] = ()
+
+    @abstractmethod
+    def begin(
+        self, round_id: AggregationRound, cohort: Sequence[str], vector: np.ndarray, upload: UploadFactory
+    ) -> list[Message]:
+        """Start contributing ``vector``; returns the messages to send to the coordinator."""
+
+    @abstractmethod
+    def receive(self, message: Message) -> list[Message]:
+        """Answer a later phase's message from the coordinator."""
+
+
+_CONTRIBUTION = {"token": TokenUpload, "update": UpdateUpload}
+
+
+class PlaintextAggregator(SecureAggregator):
+    """INSECURE: the coordinator sees every worker's vector in the clear. Baselines and tests only.
+
+    Its aggregates say ``kind == "plaintext"``; the deployment config refuses it unless enabled
+    explicitly. A contributor who is dropped later (e.g. for a replayed message) is taken out of
+    the sum: in plaintext that is possible, and it keeps the offender's input out of the result.
+    """
+
+    kind: ClassVar[str] = "plaintext"
+    encoding: ClassVar[str] = "plaintext-f64"
+
+    def __init__(self, min_contributors: int = 1) -> None:
+        super().__init__(min_contributors)
+        self._round: AggregationRound | None = None
+        self._cohort: frozenset[str] = frozenset()
+        self._length = 0
+        self._vectors: dict[str, np.ndarray] = {}
+        self._dropped: set[str] = set()
+        self._result: Aggregate | None = None
+
+    def begin(self, round_id: AggregationRound, cohort: Sequence[str], vector_length: int) -> list[Outgoing]:
+        if self._round is not None:
+            raise LocalProtocolError("begin() called twice; use a fresh aggregator per phase", stage=_STAGE)
+        if not isinstance(round_id, AggregationRound):
+            raise ConfigError("round_id must be an AggregationRound")
+        self._cohort = frozenset(check_id("cohort member", c) for c in cohort)
+        self._length = check_int("vector_length", vector_length, 1)
+        self._round = round_id
+        return []
+
+    def _check_open(self) -> AggregationRound:
+        if self._round is None:
+            raise LocalProtocolError("aggregator used before begin()", stage=_STAGE)
+        if self._result is not None:
+            raise LocalProtocolError("aggregation is already complete", stage=_STAGE)
+        return self._round
+
+    def receive(self, sender: str, message: Message) -> list[Outgoing]:
+        round_id = self._check_open()
+        if sender not in self._cohort:
+            raise RemoteProtocolError(f"{sender!r} is not in this sum's cohort", stage=_STAGE)
+        if sender in self._dropped:
+            raise RemoteProtocolError(f"{sender!r} was already dropped from this sum", stage=_STAGE)
+        if sender in self._vectors:
+            raise RemoteProtocolError(f"duplicate contribution from {sender!r}", stage=_STAGE)
+        expected = _CONTRIBUTION[round_id.phase]
+        if (
+            not isinstance(message, Contribution)
+            or type(message) is not expected
+            or message.sender != sender
+            or not round_id.binds(message)
+        ):
+            raise RemoteProtocolError(
+                f"expected a {expected.__name__} from {sender!r} for {round_id}, got {message!r:.200}",
+                stage=_STAGE,
+            )
+        if message.encoding != self.encoding or message.payload.dtype != np.float64:
+            raise RemoteProtocolError(
+                f"{sender!r} sent encoding {message.encoding!r}; this sum is {self.encoding}", stage=_STAGE
+            )
+        if message.payload.size != self._length:
+            raise RemoteProtocolError(
+                f"{sender!r} sent {message.payload.size} values; this sum takes {self._length}", stage=_STAGE
+            )
+        self._vectors[sender] = message.payload
+        return []
+
+    def dropped(self, sender: str) -> list[Outgoing]:
+        self._check_open()
+        if sender not in self._cohort:
+            raise LocalProtocolError(f"{sender!r} is not in this sum's cohort", stage=_STAGE)
+        self._dropped.add(sender)
+        self._vectors.pop(sender, None)
+        return []
+
+    @property
+    def failure(self) -> str | None:
+        if self._round is None:
+            return None
+        possible = len(self._cohort - self._dropped)
+        if possible < self.min_contributors:
+            return (
+                f"only {possible} of {len(self._cohort)} cohort members can still contribute; "
+                f"min_contributors={self.min_contributors}"
+            )
+        return None
+
+    def result(self) -> Aggregate | None:
+        if self._result is not None:
+            return self._result
+        if self._round is None or self.failure is not None:
+            return None
+        if len(self._vectors) + len(self._dropped) < len(self._cohort):
+            return None
+        total = np.zeros(self._length, dtype=np.float64)
+        for sender in sorted(self._vectors):  # fixed order: the float sum is reproducible
+            total += self._vectors[sender]
+        self._result = Aggregate(
+            _AGGREGATOR_KEY,
+            round_id=self._round,
+            vector=total,
+            contributors=list(self._vectors),
+            kind=self.kind,
+        )
+        return self._result
+
+
+class PlaintextClient(ClientAggregator):
+    """INSECURE worker side of ``PlaintextAggregator``: sends the vector itself."""
+
+    kind: ClassVar[str] = "plaintext"
+
+    @staticmethod
+    def prepare(vector: np.ndarray) -> np.ndarray:
+        """The payload for ``vector``: a finite float64 copy."""
+        if not isinstance(vector, np.ndarray) or vector.ndim != 1 or not np.isfinite(vector).all():
+            raise LocalProtocolError("the contribution must be a finite 1-D numpy array", stage=_STAGE)
+        return np.array(vector, dtype=np.float64, copy=True)
+
+    def begin(
+        self, round_id: AggregationRound, cohort: Sequence[str], vector: np.ndarray, upload: UploadFactory
+    ) -> list[Message]:
+        return [upload(self.prepare(vector), PlaintextAggregator.encoding)]
+
+    def receive(self, message: Message) -> list[Message]:
+        raise RemoteProtocolError(
+            f"plaintext aggregation has no further phases; unexpected {type(message).__name__}", stage=_STAGE
+        )

@@ -1,0 +1,122 @@
+"""The layouts of the vectors workers feed into secure sums, shared by workers and the organizer.
+
+Token phase (length ``n_buckets * (d + 2)``): bucket b's block is ``[n_k * mu_k (d values), n_k, 1]``
+in worker k's SimHash bucket b, zeros in every other block. The sum gives, per bucket, the
+sample-weighted token sum, the sample count and the client count.
+
+Update round (length ``n_active * (p + 2)``), with j the position of the worker's slot in the
+round's active slots: ``[n_k * delta_k in block j of n_active blocks of p | n_k at j of n_active |
+1 at j of n_active]``. The sum gives, per active slot, sum(n_k * delta_k), sum(n_k) and the number
+of clients.
+
+SimHash hyperplanes come from a public 32-byte seed (they are not secret, so numpy's generator is
+fine here); both sides run this code, so they draw the same planes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from secure_fcit.errors import LocalProtocolError
+
+__all__ = [
+    "hash_bits",
+    "simhash_planes",
+    "simhash_bucket",
+    "token_vector_length",
+    "token_vector",
+    "split_token_sum",
+    "update_vector_length",
+    "update_vector",
+    "split_update_sum",
+    "cosine",
+    "choose_slot",
+]
+
+_EPS = 1e-12
+
+
+def hash_bits(n_buckets: int) -> int:
+    """log2 of a power-of-two bucket count."""
+    if n_buckets < 2 or n_buckets & (n_buckets - 1):
+        raise LocalProtocolError(f"n_buckets must be a power of two >= 2, got {n_buckets}")
+    return n_buckets.bit_length() - 1
+
+
+def simhash_planes(seed: bytes, n_buckets: int, dim: int) -> np.ndarray:
+    """The (log2 n_buckets, dim) Gaussian hyperplanes drawn from the public ``seed``."""
+    if not isinstance(seed, bytes) or len(seed) != 32:
+        raise LocalProtocolError("the SimHash seed must be 32 bytes")
+    rng = np.random.default_rng(int.from_bytes(seed, "little"))
+    return rng.standard_normal((hash_bits(n_buckets), dim))
+
+
+def simhash_bucket(token: np.ndarray, planes: np.ndarray) -> int:
+    """Bucket of ``token``: bit i is set when the token lies on the positive side of plane i."""
+    bits = (planes @ token) >= 0
+    return int(np.dot(bits, 1 << np.arange(bits.size)))
+
+
+def token_vector_length(n_buckets: int, dim: int) -> int:
+    return n_buckets * (dim + 2)
+
+
+def token_vector(token: np.ndarray, n_samples: int, bucket: int, n_buckets: int) -> np.ndarray:
+    """Worker k's token-phase contribution (see module docstring)."""
+    dim = token.size
+    out = np.zeros(token_vector_length(n_buckets, dim), dtype=np.float64)
+    start = bucket * (dim + 2)
+    out[start : start + dim] = n_samples * token
+    out[start + dim] = n_samples
+    out[start + dim + 1] = 1.0
+    return out
+
+
+def split_token_sum(
+    vector: np.ndarray, n_buckets: int, dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(per-bucket sum of n_k * mu_k (B, d), sample counts (B,), client counts (B,))."""
+    blocks = vector.reshape(n_buckets, dim + 2)
+    return blocks[:, :dim], blocks[:, dim], blocks[:, dim + 1]
+
+
+def update_vector_length(n_active: int, slot_size: int) -> int:
+    return n_active * (slot_size + 2)
+
+
+def update_vector(delta: np.ndarray, n_samples: int, position: int, n_active: int) -> np.ndarray:
+    """Worker k's update contribution for the active slot at ``position`` (see module docstring)."""
+    p = delta.size
+    out = np.zeros(update_vector_length(n_active, p), dtype=np.float64)
+    out[position * p : (position + 1) * p] = n_samples * delta.astype(np.float64)
+    out[n_active * p + position] = n_samples
+    out[n_active * p + n_active + position] = 1.0
+    return out
+
+
+def split_update_sum(
+    vector: np.ndarray, n_active: int, slot_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(per-slot sum of n_k * delta_k (A, p), sample counts (A,), client counts (A,))."""
+    body = n_active * slot_size
+    sums = vector[:body].reshape(n_active, slot_size)
+    return sums, vector[body : body + n_active], vector[body + n_active : body + 2 * n_active]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity between the rows of ``a`` (m, d) and of ``b`` (n, d): shape (m, n)."""
+    a = np.atleast_2d(a).astype(np.float64)
+    b = np.atleast_2d(b).astype(np.float64)
+    na = np.maximum(np.linalg.norm(a, axis=1, keepdims=True), _EPS)
+    nb = np.maximum(np.linalg.norm(b, axis=1, keepdims=True), _EPS)
+    return (a / na) @ (b / nb).T
+
+
+def choose_slot(token: np.ndarray, tokens: np.ndarray, active: Sequence[int]) -> int:
+    """The active slot whose global token is closest in cosine to ``token`` (ties: lowest slot)."""
+    if not len(active):
+        raise LocalProtocolError("no active slot to choose from")
+    scores = cosine(token, tokens[list(active)])[0]
+    return int(active[int(np.argmax(scores))])

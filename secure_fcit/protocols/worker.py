@@ -1,0 +1,288 @@
+"""The worker's round machine: checks every coordinator message is the one it expects next.
+
+The worker trusts the coordinator with nothing but the protocol: a message of the wrong type for
+its state, for another federation, stage, round or attempt, a replayed RoundStart, or an
+aggregation kind other than the worker's own raises ``RemoteProtocolError`` and puts the worker in
+``error`` (a later call raises ``LocalProtocolError``). In the token phase it sends its SimHash
+bucket vector, in a round its update vector (layouts in ``layout``), both through its
+``ClientAggregator``; it never sends a plaintext vector unless configured with the plaintext client.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+
+from secure_fcit.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from secure_fcit.protocols import states as S
+from secure_fcit.protocols.aggregation import AggregationRound, ClientAggregator
+from secure_fcit.protocols.codec import decode
+from secure_fcit.protocols.coordinator import DEFAULT_MAX_MESSAGE_SIZE
+from secure_fcit.protocols.interfaces import Learner
+from secure_fcit.protocols.layout import (
+    choose_slot,
+    simhash_bucket,
+    simhash_planes,
+    token_vector,
+    update_vector,
+)
+from secure_fcit.protocols.messages import (
+    COORDINATOR_ID,
+    Abort,
+    Message,
+    Refusal,
+    RoundStart,
+    SlotPlan,
+    StageStart,
+    TokenUpload,
+    UpdateUpload,
+    check_id,
+    check_int,
+)
+
+__all__ = ["Worker"]
+
+_TOKEN_NORM_TOLERANCE = 1e-3
+_NO_DATA = "no training data in this stage"
+
+
+class Worker:
+    """Client side of the federation (see module docstring)."""
+
+    def __init__(
+        self,
+        federation_id: str,
+        client_id: str,
+        learner: Learner,
+        client_aggregator: ClientAggregator,
+        *,
+        coordinator_id: str = COORDINATOR_ID,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self.federation_id = check_id("federation_id", federation_id)
+        self.client_id = check_id("client_id", client_id)
+        self.coordinator_id = check_id("coordinator_id", coordinator_id)
+        if not isinstance(client_aggregator, ClientAggregator):
+            raise LocalProtocolError("client_aggregator must be a ClientAggregator")
+        self.learner = learner
+        self.aggregator = client_aggregator
+        self.max_message_size = check_int("max_message_size", max_message_size, 64)
+        self._state = S.IDLE
+        self._error: str | None = None
+        self._stage_key: tuple[int, int] | None = None  # (stage, attempt) of the last StageStart
+        self._round_key: tuple[int, int] | None = None  # (round, attempt) of the last RoundStart
+        self._tokens = np.zeros((0, 1), dtype=np.float32)
+        self._active: tuple[int, ...] = ()
+        self._token: np.ndarray | None = None
+        self._n_samples = 0
+        self.slots: dict[tuple[int, int], int] = {}  # (stage, round) -> slot trained
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def receive_bytes(self, data: bytes) -> list[Message]:
+        """Decode and handle bytes from the coordinator."""
+        self._check_usable()
+        try:
+            message = decode(data, self.max_message_size)
+        except RemoteProtocolError as exc:
+            self._fail(str(exc))
+            raise
+        return self.receive(message)
+
+    def receive(self, message: Message) -> list[Message]:
+        """Handle a coordinator message; returns the messages to send back."""
+        self._check_usable()
+        try:
+            return self._handle(message)
+        except ProtocolError as exc:
+            self._fail(str(exc))
+            raise
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain-data state between phases (``idle`` or ``ready``); the learner keeps its own."""
+        if self._state not in (S.IDLE, S.READY):
+            raise LocalProtocolError(f"snapshot() needs state idle or ready, the worker is {self._state!r}")
+        return copy.deepcopy(
+            {
+                "client_id": self.client_id,
+                "state": self._state,
+                "stage_key": self._stage_key,
+                "round_key": self._round_key,
+                "tokens": self._tokens,
+                "active": self._active,
+                "token": self._token,
+                "n_samples": self._n_samples,
+                "slots": self.slots,
+            }
+        )
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        if snapshot.get("client_id") != self.client_id or snapshot.get("state") not in (S.IDLE, S.READY):
+            raise LocalProtocolError("snapshot is not of this worker between phases")
+        snap = copy.deepcopy(snapshot)
+        self._state, self._stage_key, self._round_key = snap["state"], snap["stage_key"], snap["round_key"]
+        self._tokens, self._active, self._token = snap["tokens"], tuple(snap["active"]), snap["token"]
+        self._n_samples, self.slots, self._error = snap["n_samples"], snap["slots"], None
+
+    # ----------------------------------------------------------------- handling
+    def _handle(self, message: Message) -> list[Message]:
+        if not isinstance(message, Message):
+            raise LocalProtocolError(f"not a protocol message: {type(message).__name__}")
+        stage = f"stage {message.stage}"
+        if message.sender != self.coordinator_id or message.federation_id != self.federation_id:
+            raise RemoteProtocolError(
+                f"{type(message).__name__} from {message.sender!r} of federation {message.federation_id!r}",
+                stage=stage,
+            )
+        key = S.AGGREGATION if isinstance(message, self.aggregator.message_types) else type(message)
+        next_state = S.WORKER_TRANSITIONS.get((self._state, key))
+        if next_state is None:
+            raise RemoteProtocolError(
+                f"unexpected {type(message).__name__} while {self._state!r}", stage=stage
+            )
+        self._check_binding(message, stage)
+        if isinstance(message, StageStart):
+            out = self._on_stage_start(message)
+        elif isinstance(message, SlotPlan):
+            out = self._on_slot_plan(message, stage)
+        elif isinstance(message, RoundStart):
+            out = self._on_round_start(message, stage)
+        elif key == S.AGGREGATION:
+            out = self.aggregator.receive(message)
+        else:  # RoundEnd, StageEnd, Abort: the transition table says it all
+            out = []
+        self._state = next_state
+        return out
+
+    def _check_binding(self, message: Message, stage: str) -> None:
+        """Stage/round/attempt binding: nothing replayed, nothing from another phase."""
+        msg_stage = (message.stage, message.attempt)
+        if isinstance(message, StageStart):
+            if self._stage_key is not None and msg_stage <= self._stage_key:
+                raise RemoteProtocolError(
+                    f"StageStart {msg_stage} does not follow {self._stage_key}", stage=stage
+                )
+            return
+        if self._stage_key is None or message.stage != self._stage_key[0]:
+            raise RemoteProtocolError(f"{type(message).__name__} is not for the current stage", stage=stage)
+        in_tokens = self._state == S.AWAIT_PLAN
+        if isinstance(message, SlotPlan) or in_tokens:
+            if message.attempt != self._stage_key[1] or message.round != -1:
+                raise RemoteProtocolError("message of another token-phase attempt", stage=stage)
+        elif isinstance(message, RoundStart):
+            if self._round_key is not None and (message.round, message.attempt) <= self._round_key:
+                raise RemoteProtocolError(
+                    f"RoundStart {(message.round, message.attempt)} does not follow {self._round_key}",
+                    stage=stage,
+                )
+        elif self._state == S.AWAIT_ROUND_END and not isinstance(message, Abort):
+            if (message.round, message.attempt) != self._round_key:
+                raise RemoteProtocolError("message of another round or attempt", stage=stage)
+
+    def _on_stage_start(self, message: StageStart) -> list[Message]:
+        self._stage_key, self._round_key = (message.stage, message.attempt), None
+        self._tokens, self._active, self._token = message.tokens, (), None
+        self._check_kind(message.aggregation, message.stage)
+        self._n_samples = check_int("num_samples", self.learner.num_samples(message.stage), 0)
+        if self.client_id not in message.cohort:
+            return []
+        if self._n_samples == 0:
+            return [self._reply(Refusal, message, reason=_NO_DATA)]
+        token = self._identity_token(message.stage)
+        planes = simhash_planes(message.hash_seed, message.n_buckets, token.size)
+        bucket = simhash_bucket(token, planes)
+        vector = token_vector(token, self._n_samples, bucket, message.n_buckets)
+        round_id = AggregationRound(message.federation_id, message.stage, -1, message.attempt, "token")
+        return self.aggregator.begin(
+            round_id,
+            message.cohort,
+            vector,
+            lambda payload, encoding: self._reply(TokenUpload, message, payload=payload, encoding=encoding),
+        )
+
+    def _on_slot_plan(self, message: SlotPlan, stage: str) -> list[Message]:
+        if message.tokens.shape[1] != self._tokens.shape[1]:
+            raise RemoteProtocolError("SlotPlan tokens changed dimension", stage=stage)
+        self._tokens, self._active = message.tokens, message.active
+        return []
+
+    def _on_round_start(self, message: RoundStart, stage: str) -> list[Message]:
+        self._round_key = (message.round, message.attempt)
+        if self.client_id not in message.cohort:
+            raise RemoteProtocolError("RoundStart sent to a worker outside its cohort", stage=stage)
+        if message.active != self._active:
+            raise RemoteProtocolError(
+                f"RoundStart slots {message.active} differ from the plan's", stage=stage
+            )
+        self._check_kind(message.aggregation, message.stage)
+        reason = (
+            _NO_DATA if self._n_samples == 0 else self.learner.refuse_reason(message.stage, message.round)
+        )
+        if reason is not None:
+            return [self._reply(Refusal, message, reason=str(reason)[:1000])]
+        slot = choose_slot(self._identity_token(message.stage), self._tokens, self._active)
+        position = self._active.index(slot)
+        weights = np.array(message.weights[position], copy=True)
+        delta = np.asarray(self.learner.train(message.stage, message.round, slot, weights))
+        if delta.shape != weights.shape or not np.isfinite(delta).all():
+            raise LocalProtocolError(
+                f"learner returned a delta of shape {delta.shape} (want {weights.shape}) or non-finite values",
+                stage=stage,
+            )
+        self.slots[(message.stage, message.round)] = slot
+        vector = update_vector(delta, self._n_samples, position, len(self._active))
+        round_id = AggregationRound(
+            message.federation_id, message.stage, message.round, message.attempt, "update"
+        )
+        return self.aggregator.begin(
+            round_id,
+            message.cohort,
+            vector,
+            lambda payload, encoding: self._reply(UpdateUpload, message, payload=payload, encoding=encoding),
+        )
+
+    # ----------------------------------------------------------------- helpers
+    def _identity_token(self, stage: int) -> np.ndarray:
+        if self._token is None:
+            token = np.asarray(self.learner.identity_token(stage), dtype=np.float64)
+            dim = self._tokens.shape[1]
+            if token.shape != (dim,) or not np.isfinite(token).all():
+                raise LocalProtocolError(
+                    f"identity token must be finite with shape ({dim},), got {token.shape}"
+                )
+            norm = float(np.linalg.norm(token))
+            if abs(norm - 1.0) > _TOKEN_NORM_TOLERANCE:
+                raise LocalProtocolError(f"identity token must be unit-norm, has norm {norm:.4f}")
+            self._token = token / norm
+        return self._token
+
+    def _check_kind(self, announced: str, stage: int) -> None:
+        # The worker's own configuration decides how its vectors are protected; a coordinator asking
+        # for another kind (say plaintext instead of masking) is refused, so it cannot downgrade us.
+        if announced != self.aggregator.kind:
+            raise RemoteProtocolError(
+                f"coordinator announces {announced!r} aggregation; this worker is configured for "
+                f"{self.aggregator.kind!r}",
+                stage=f"stage {stage}",
+            )
+
+    def _reply(self, cls: type[Message], to: Message, **fields: Any) -> Message:
+        return cls(
+            federation_id=self.federation_id,
+            stage=to.stage,
+            round=to.round,
+            attempt=to.attempt,
+            sender=self.client_id,
+            **fields,
+        )
+
+    def _check_usable(self) -> None:
+        if self._state == S.ERROR:
+            raise LocalProtocolError(f"worker {self.client_id!r} is in error after: {self._error}")
+
+    def _fail(self, reason: str) -> None:
+        self._state, self._error = S.ERROR, reason

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from secure_fcit.errors import ConfigError
+from secure_fcit.model.chat import collate_train, encode_sample
+from secure_fcit.model.loading import load_llava
+from secure_fcit.model.slots import SlotLoRA, slot_name, ssa_weights
+
+
+@pytest.fixture()
+def slotted(micro_model_dir):
+    model, processor = load_llava(micro_model_dir)
+    slots = SlotLoRA(model, rank=4, alpha=8.0, max_slots=4)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        slots.ensure_slot(i)
+        slots.load_slot(i, rng.normal(0, 0.2, slots.slot_size).astype(np.float32))
+    img = Image.new("RGB", (32, 32), (20, 200, 40))
+    samples = [encode_sample(processor, img, [(f"What is shown {k}?", "circle")]) for k in range(2)]
+    return slots, collate_train(samples, processor.tokenizer.pad_token_id)
+
+
+def _logits(slots, batch):
+    with torch.no_grad():
+        return slots.model(**batch.model_inputs()).logits
+
+
+def test_training_exposes_exactly_one_slot(slotted):
+    slots, _ = slotted
+    with slots.training(1) as params:
+        trainable = [n for n, p in slots.model.named_parameters() if p.requires_grad]
+        assert trainable and all(f".{slot_name(1)}." in n for n in trainable)
+        assert sum(p.numel() for p in params) == slots.slot_size
+    assert not any(p.requires_grad for p in slots.model.parameters())
+
+
+def test_slot_vector_round_trip(slotted):
+    slots, _ = slotted
+    v = slots.slot_vector(2)
+    slots.load_slot(3, v)
+    np.testing.assert_array_equal(slots.slot_vector(3), v)
+    with pytest.raises(ConfigError, match="slot vector has 3 values"):
+        slots.load_slot(0, np.zeros(3, dtype=np.float32))
+
+
+def test_one_hot_routing_equals_single_slot(slotted):
+    slots, batch = slotted
+    with slots.training(1):
+        single = _logits(slots, batch)
+    alpha = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    with slots.routed(alpha, [0, 1, 2]):
+        routed = _logits(slots, batch)
+    torch.testing.assert_close(routed, single, rtol=1e-4, atol=1e-5)
+
+
+def test_routing_is_per_sample(slotted):
+    slots, batch = slotted
+    outs = []
+    for k in range(2):
+        with slots.training(k):
+            outs.append(_logits(slots, batch))
+    with slots.routed(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), [0, 1]):
+        mixed = _logits(slots, batch)
+    torch.testing.assert_close(mixed[0], outs[0][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mixed[1], outs[1][1], rtol=1e-4, atol=1e-5)
+
+
+def test_ssa_weights_softmax_of_cosines():
+    tokens = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    a = ssa_weights(torch.tensor([[2.0, 0.0], [1.0, 1.0]]), tokens, temperature=0.05)
+    assert a[0, 0] > 0.999
+    torch.testing.assert_close(a[1], torch.tensor([0.5, 0.5]))
+    with pytest.raises(ConfigError, match="temperature"):
+        ssa_weights(tokens, tokens, temperature=0.0)

@@ -1,0 +1,238 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from secure_fcit.errors import ConfigError, RemoteProtocolError
+from secure_fcit.protocols import (
+    MESSAGE_TYPES,
+    Abort,
+    Refusal,
+    RoundEnd,
+    RoundStart,
+    SlotPlan,
+    StageEnd,
+    StageStart,
+    TokenUpload,
+    UpdateUpload,
+    decode,
+    encode,
+)
+
+MAX = 1 << 20
+ids = st.from_regex(r"[A-Za-z0-9._:@/-]{1,24}", fullmatch=True)
+cohorts = st.lists(ids, max_size=6, unique=True).map(tuple)
+text = st.text(max_size=60)
+f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+f64 = st.floats(allow_nan=False, allow_infinity=False)
+
+
+def common(stage_level: bool | None):
+    rounds = (
+        st.just(-1) if stage_level else st.integers(0, 50) if stage_level is False else st.integers(-1, 50)
+    )
+    return dict(
+        federation_id=ids, stage=st.integers(0, 1000), round=rounds, attempt=st.integers(0, 3), sender=ids
+    )
+
+
+def tokens(n_min: int = 0):
+    return st.tuples(st.integers(n_min, 4), st.integers(1, 5)).flatmap(
+        lambda shape: hnp.arrays(np.float32, shape, elements=f32)
+    )
+
+
+@st.composite
+def slot_plans(draw):
+    toks = draw(tokens())
+    active = draw(st.lists(st.integers(0, max(toks.shape[0] - 1, 0)), unique=True, max_size=toks.shape[0]))
+    return SlotPlan(
+        **{k: draw(v) for k, v in common(True).items()}, tokens=toks, active=tuple(sorted(active))
+    )
+
+
+@st.composite
+def round_starts(draw):
+    active = tuple(sorted(draw(st.lists(st.integers(0, 20), min_size=1, max_size=3, unique=True))))
+    p = draw(st.integers(1, 5))
+    weights = draw(hnp.arrays(np.float32, (len(active), p), elements=f32))
+    return RoundStart(
+        **{k: draw(v) for k, v in common(False).items()},
+        cohort=draw(cohorts),
+        active=active,
+        weights=weights,
+        aggregation=draw(ids),
+    )
+
+
+def contributions(cls, stage_level):
+    payloads = st.one_of(
+        hnp.arrays(np.float64, st.integers(0, 8), elements=f64),
+        hnp.arrays(np.uint32, st.integers(0, 8)),
+        hnp.arrays(np.uint8, st.integers(0, 8)),
+    )
+    return st.builds(cls, **common(stage_level), payload=payloads, encoding=ids)
+
+
+messages = st.one_of(
+    st.builds(
+        StageStart,
+        **common(True),
+        tokens=tokens(),
+        hash_seed=st.binary(min_size=32, max_size=32),
+        n_buckets=st.sampled_from([2, 4, 1024]),
+        cohort=cohorts,
+        aggregation=ids,
+    ),
+    contributions(TokenUpload, True),
+    slot_plans(),
+    round_starts(),
+    contributions(UpdateUpload, False),
+    st.builds(Refusal, **common(None), reason=text),
+    st.builds(RoundEnd, **common(False), status=st.sampled_from(["applied", "aborted"]), reason=text),
+    st.builds(StageEnd, **common(True)),
+    st.builds(Abort, **common(True), reason=text),
+)
+
+
+def test_every_registered_type_is_covered():
+    assert set(MESSAGE_TYPES) == {
+        "StageStart", "TokenUpload", "SlotPlan", "RoundStart", "UpdateUpload",
+        "Refusal", "RoundEnd", "StageEnd", "Abort",
+    }  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages)
+def test_decode_inverts_encode(message):
+    assert decode(encode(message), MAX) == message
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_only_remote_protocol_error(data):
+    with pytest.raises(RemoteProtocolError):
+        decode(data, MAX)
+
+
+@settings(max_examples=100, deadline=None)
+@given(messages, st.data())
+def test_truncated_or_corrupted_bytes_raise_only_remote_protocol_error(message, data):
+    raw = encode(message)
+    cut = data.draw(st.integers(0, len(raw) - 1))
+    with pytest.raises(RemoteProtocolError):
+        decode(raw[:cut], MAX)
+    flip = data.draw(st.integers(0, len(raw) - 1))
+    corrupted = bytearray(raw)
+    corrupted[flip] ^= data.draw(st.integers(1, 255))
+    try:
+        decode(bytes(corrupted), MAX)  # a flip inside an array's bytes can still be a valid message
+    except RemoteProtocolError:
+        pass
+
+
+def _frame(header: dict, body: bytes = b"") -> bytes:
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(4, "little") + raw + body
+
+
+def _header(message) -> dict:
+    raw = encode(message)
+    size = int.from_bytes(raw[:4], "little")
+    return json.loads(raw[4 : 4 + size]), raw[4 + size :]
+
+
+PLAN = SlotPlan(
+    federation_id="f", stage=1, round=-1, sender="coordinator",
+    tokens=np.eye(2, 3, dtype=np.float32), active=(0, 1),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda h: h.update(type="Pickle"), "unknown message type"),
+        (lambda h: h.update(version=2), "unsupported version"),
+        (lambda h: h.update(extra=1), "header keys"),
+        (lambda h: h["fields"].update(active="0,1"), "JSON tuple-int"),
+        (lambda h: h["fields"].update(surprise=1), "fields"),
+        (lambda h: h["arrays"][0].update(shape=[3, 3]), "needs 36 bytes"),
+        (lambda h: h["arrays"][0].update(shape=[1, 3]), "trailing bytes"),
+        (lambda h: h["arrays"][0].update(dtype="<f8"), "dtype"),
+        (lambda h: h["arrays"][0].update(dtype="|O"), "dtype"),
+        (lambda h: h.update(stage=True), "JSON int"),
+        (lambda h: h["fields"].update(active=[1, 0]), "strictly increasing"),
+    ],
+)
+def test_malformed_headers_are_named(mutate, match):
+    header, body = _header(PLAN)
+    mutate(header)
+    with pytest.raises(RemoteProtocolError, match=match):
+        decode(_frame(header, body), MAX)
+
+
+def test_non_finite_arrays_and_json_constants_are_refused():
+    header, body = _header(PLAN)
+    bad = np.frombuffer(body, dtype="<f4").copy()
+    bad[0] = np.nan
+    with pytest.raises(RemoteProtocolError, match="NaN or infinite"):
+        decode(_frame(header, bad.tobytes()), MAX)
+    raw = json.dumps(header).replace('"stage": 1', '"stage": NaN').encode()
+    with pytest.raises(RemoteProtocolError, match="non-finite"):
+        decode(len(raw).to_bytes(4, "little") + raw + body, MAX)
+
+
+def test_oversize_and_short_messages():
+    raw = encode(PLAN)
+    with pytest.raises(RemoteProtocolError, match="exceeds max_size"):
+        decode(raw, len(raw) - 1)
+    assert decode(raw, len(raw)) == PLAN
+    with pytest.raises(RemoteProtocolError, match="no header length"):
+        decode(b"\x01", MAX)
+    with pytest.raises(RemoteProtocolError, match="header length"):
+        decode(b"\xff\xff\xff\xff", MAX)
+
+
+def test_construction_validates_fields():
+    base = dict(federation_id="f", stage=0, sender="coordinator")
+    with pytest.raises(ConfigError, match="round must be -1"):
+        StageEnd(**base, round=0)
+    with pytest.raises(ConfigError, match="round must be >= 0"):
+        RoundEnd(**base, round=-1, status="applied")
+    with pytest.raises(ConfigError, match="status"):
+        RoundEnd(**base, round=0, status="maybe")
+    with pytest.raises(ConfigError, match="sender"):
+        StageEnd(federation_id="f", stage=0, round=-1, sender="bad id with spaces")
+    with pytest.raises(ConfigError, match="hash_seed"):
+        StageStart(**base, round=-1, tokens=np.zeros((0, 2), np.float32), hash_seed=b"short",
+                   n_buckets=4, cohort=(), aggregation="plaintext")  # fmt: skip
+    with pytest.raises(ConfigError, match="power of two"):
+        StageStart(**base, round=-1, tokens=np.zeros((0, 2), np.float32), hash_seed=bytes(32),
+                   n_buckets=6, cohort=(), aggregation="plaintext")  # fmt: skip
+    with pytest.raises(ConfigError, match="dtype"):
+        SlotPlan(**base, round=-1, tokens=np.zeros((1, 2)), active=())  # float64, not float32
+    with pytest.raises(ConfigError, match="more than once"):
+        RoundStart(**base, round=0, cohort=("a", "a"), active=(0,), weights=np.zeros((1, 2), np.float32),
+                   aggregation="plaintext")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"shape \(1, p >= 1\)"):
+        RoundStart(**base, round=0, cohort=("a",), active=(0,), weights=np.zeros((2, 2), np.float32),
+                   aggregation="plaintext")  # fmt: skip
+
+
+def test_messages_are_immutable_copies():
+    weights = np.ones((1, 3), np.float32)
+    message = RoundStart(
+        federation_id="f", stage=0, round=0, sender="coordinator", cohort=("a",), active=(4,),
+        weights=weights, aggregation="plaintext",
+    )  # fmt: skip
+    weights[0, 0] = 7
+    assert message.weights[0, 0] == 1
+    with pytest.raises(ValueError):
+        message.weights[0, 0] = 2
+    with pytest.raises(AttributeError):
+        message.round = 3  # type: ignore[misc]
