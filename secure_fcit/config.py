@@ -67,10 +67,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class LoraConfigSection:
-    rank: int = 8
-    alpha: float = 16.0
-    #: "mlp" (gate/up/down, as DISCO), "attn" or "all".
-    targets: str = "mlp"
+    rank: int = 16
+    alpha: float = 32.0
+    #: "mlp" (gate/up/down, the paper's choice), "attn" or "all". The embedded tiny model defaults to
+    #: "all" at rank 16: measured on figure_mcq alone, "all"/16 leaves the loss plateau after ~50
+    #: steps, "mlp"/8 after ~120 (both reach 100% after 10 epochs).
+    targets: str = "all"
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -83,9 +85,9 @@ class LoraConfigSection:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: float = 2.0
+    epochs: float = 5.0
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 3e-3
 
     def __post_init__(self) -> None:
         if self.epochs <= 0:
