@@ -76,3 +76,26 @@ def test_ssa_weights_softmax_of_cosines():
     torch.testing.assert_close(a[1], torch.tensor([0.5, 0.5]))
     with pytest.raises(ConfigError, match="temperature"):
         ssa_weights(tokens, tokens, temperature=0.0)
+
+
+def test_ssa_generation_follows_the_routing(micro_model_dir):
+    from secure_fcit.fcit.ssa import routed_answers
+    from secure_fcit.model.encoder import load_encoder
+
+    model, processor = load_llava(micro_model_dir)
+    slots = SlotLoRA(model, rank=4, alpha=8.0, max_slots=2)
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        slots.load_slot(i, rng.normal(0, 0.5, slots.slot_size).astype(np.float32))
+    encoder = load_encoder("embedded", micro_model_dir)
+    q = "What shape is shown?"
+    img = Image.new("RGB", (32, 32), (0, 0, 200))
+    token = encoder.encode([q])[0]
+    # The prompt's own encoding as slot 1's token and its opposite as slot 0's: α ≈ (0, 1).
+    routed = routed_answers(slots, processor, encoder, np.stack([-token, token]), [0, 1], [(img, q)],
+                            max_new_tokens=4)
+    with slots.training(1):
+        from secure_fcit.fcit.evaluate import generate_answers
+
+        direct = generate_answers(slots.model, processor, [(img, q)], max_new_tokens=4)
+    assert routed == direct
