@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from secure_fcit.config import Config, config_from_dict, load_config
-from secure_fcit.fcit.validity import dump, run_validity
+from secure_fcit.fcit.validity import run_validity, write_outputs
 
 
 def main() -> int:
@@ -27,7 +27,8 @@ def main() -> int:
     overrides = {} if args.seed is None else {"seed": args.seed}
     cfg: Config = load_config(args.config, overrides) if args.config else config_from_dict(overrides)
     result = run_validity(cfg, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
-    dump(result, Path(args.out))
+    out = Path(args.out)
+    write_outputs(result, out.parent, json_name=out.name)
     keys = ("zero_shot", "upper_bound", "finetune_forgetting", "seconds", "pass")
     print(json.dumps({k: result[k] for k in keys}, indent=2))
     return 0 if all(result["pass"].values()) else 1

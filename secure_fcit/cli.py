@@ -32,32 +32,19 @@ def _config(args: argparse.Namespace):
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .fcit.validity import dump, run_validity
+    from .fcit.report import matrix_markdown
+    from .fcit.validity import run_validity, validity_table, write_outputs
 
     cfg = _config(args)
     print("secure-fcit demo: benchmark validity on the embedded tiny LLaVA model")
     print("(zero-shot base model, centralized multi-task LoRA, sequential LoRA fine-tuning)\n")
     result = run_validity(cfg, progress=not args.no_progress)
-    out = Path(args.out)
-    dump(result, out / "validity.json")
-    print(_validity_table(result))
-    print(f"\nwrote {out / 'validity.json'}")
+    written = write_outputs(result, Path(args.out))
+    print(validity_table(result))
+    print("\nSequential fine-tuning, accuracy matrix A[t][i]:")
+    print(matrix_markdown(result["finetune"]["accuracy_matrix"], result["setup"]["tasks"]))
+    print("\nwrote " + ", ".join(str(p) for p in written))
     return 0
-
-
-def _validity_table(result: dict) -> str:
-    tasks = result["setup"]["tasks"]
-    lines = ["| task | zero-shot | multi-task LoRA | sequential FT (final) |", "|---|---:|---:|---:|"]
-    final = result["finetune"]["accuracy_matrix"][-1]
-    for i, t in enumerate(tasks):
-        zs = result["per_task"]["zero_shot"][t]
-        ub = result["per_task"]["upper_bound"][t]
-        lines.append(f"| {t} | {zs:.1f} | {ub:.1f} | {final[i]:.1f} |")
-    lines.append(
-        f"| **mean** | **{result['zero_shot']:.1f}** | **{result['upper_bound']:.1f}** | "
-        f"**{result['finetune']['last']:.1f}** (forgetting {result['finetune_forgetting']:.1f}) |"
-    )
-    return "\n".join(lines)
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:

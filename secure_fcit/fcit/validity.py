@@ -19,9 +19,10 @@ import torch
 from ..config import Config
 from ..data.schedule import TASK_ORDER
 from .centralized import multitask_upper_bound, sequential_finetune, zero_shot
+from .report import matrix_markdown, plot_matrix
 from .workspace import prepare_workspace
 
-__all__ = ["TARGETS", "run_validity"]
+__all__ = ["TARGETS", "run_validity", "validity_table", "write_outputs"]
 
 TARGETS = {"zero_shot_max": 25.0, "upper_bound_min": 70.0, "finetune_forgetting_min": 20.0}
 
@@ -88,3 +89,33 @@ def run_validity(config: Config, progress: bool = True, log=print) -> dict:
 def dump(result: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def validity_table(result: dict) -> str:
+    """Per-task scores of the three runs as a Markdown table."""
+    tasks = result["setup"]["tasks"]
+    lines = ["| task | zero-shot | multi-task LoRA | sequential FT (final) |", "|---|---:|---:|---:|"]
+    final = result["finetune"]["accuracy_matrix"][-1]
+    for i, t in enumerate(tasks):
+        zs = result["per_task"]["zero_shot"][t]
+        ub = result["per_task"]["upper_bound"][t]
+        lines.append(f"| {t} | {zs:.1f} | {ub:.1f} | {final[i]:.1f} |")
+    lines.append(
+        f"| **mean** | **{result['zero_shot']:.1f}** | **{result['upper_bound']:.1f}** | "
+        f"**{result['finetune']['last']:.1f}** (forgetting {result['finetune_forgetting']:.1f}) |"
+    )
+    return "\n".join(lines)
+
+
+def write_outputs(result: dict, out: Path, json_name: str = "validity.json") -> list[Path]:
+    """``validity.json``, a Markdown summary and the sequential fine-tuning heatmap in ``out``."""
+    tasks = result["setup"]["tasks"]
+    matrix = result["finetune"]["accuracy_matrix"]
+    dump(result, out / json_name)
+    png = plot_matrix(matrix, tasks, out / "finetune_matrix.png", "Sequential LoRA fine-tuning: A[t][i]")
+    md = out / "validity.md"
+    md.write_text(
+        "# Benchmark validity\n\n" + validity_table(result) + "\n\n## Sequential fine-tuning A[t][i]\n\n"
+        + matrix_markdown(matrix, tasks) + "\n"
+    )
+    return [out / json_name, md, png]

@@ -63,3 +63,13 @@ def test_no_forgetting_when_scores_never_drop(vals):
     assert M.forgetting(a) == pytest.approx(0.0, abs=1e-9)
     assert M.backward_transfer(a) == pytest.approx(0.0, abs=1e-9)
     assert M.last(a) == pytest.approx(sum(vals) / t)
+
+
+def test_matrix_report(tmp_path):
+    from secure_fcit.fcit.report import matrix_markdown, plot_matrix
+
+    a = [[80.0, None], [40.0, 90.0]]
+    md = matrix_markdown(a, ["ocr", "captions"])
+    assert "| 1 | 80.0 | – |" in md and "| 2 | 40.0 | 90.0 |" in md
+    png = plot_matrix(a, ["ocr", "captions"], tmp_path / "m.png", "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
