@@ -60,7 +60,7 @@ class Coordinator:
         organizer: Organizer,
         slot_size: int,
         rounds_per_stage: int,
-        rng: np.random.Generator,
+        rng: np.random.Generator,  # cohort sampling only: public, never a secret
         *,
         dp: bool = False,
         max_retries: int = 1,
@@ -71,7 +71,7 @@ class Coordinator:
         self.coordinator_id = check_id("coordinator_id", coordinator_id)
         if not callable(aggregator_factory):
             raise ConfigError("aggregator_factory must be a callable returning a SecureAggregator")
-        if not isinstance(rng, np.random.Generator):
+        if not isinstance(rng, np.random.Generator):  # (cohort rng)
             raise ConfigError("rng must be a numpy Generator")
         if not isinstance(dp, bool):
             raise ConfigError(f"dp must be a bool, got {dp!r}")

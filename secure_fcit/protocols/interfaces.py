@@ -96,7 +96,7 @@ class Schedule(Protocol):
         """The workers of ``stage``: they get StageStart/SlotPlan and contribute tokens."""
         ...
 
-    def cohort(self, stage: int, round: int, rng: np.random.Generator) -> tuple[str, ...]:
+    def cohort(self, stage: int, round: int, rng: np.random.Generator) -> tuple[str, ...]:  # public cohort draw
         """A round's cohort, a subset of ``members(stage)``, drawn with ``rng``."""
         ...
 
@@ -120,5 +120,5 @@ class ScenarioSchedule:
     def members(self, stage: int) -> tuple[str, ...]:
         return tuple(self._id(c) for c in self._scenario.stages[stage].clients)
 
-    def cohort(self, stage: int, round: int, rng: np.random.Generator) -> tuple[str, ...]:
+    def cohort(self, stage: int, round: int, rng: np.random.Generator) -> tuple[str, ...]:  # public cohort draw
         return tuple(self._id(c) for c in self._scenario.cohort(stage, round, rng))

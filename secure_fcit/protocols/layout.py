@@ -49,7 +49,7 @@ def simhash_planes(seed: bytes, n_buckets: int, dim: int) -> np.ndarray:
     """The (log2 n_buckets, dim) Gaussian hyperplanes drawn from the public ``seed``."""
     if not isinstance(seed, bytes) or len(seed) != 32:
         raise LocalProtocolError("the SimHash seed must be 32 bytes")
-    rng = np.random.default_rng(int.from_bytes(seed, "little"))
+    rng = np.random.default_rng(int.from_bytes(seed, "little"))  # public SimHash planes from a public seed
     return rng.standard_normal((hash_bits(n_buckets), dim))
 
 

@@ -86,7 +86,7 @@ class MemoryNetwork:
         faults: Sequence[Fault] = (),
         injections: Sequence[Injection] = (),
         reorder: bool = False,
-        rng: np.random.Generator | None = None,
+        rng: np.random.Generator | None = None,  # link reordering in tests; not secret
     ) -> None:
         self.coordinator = coordinator
         self.workers = {w.client_id: w for w in workers}
@@ -95,7 +95,7 @@ class MemoryNetwork:
         self.faults = list(faults)
         self.injections = list(injections)
         self.reorder = reorder
-        self._rng = rng if rng is not None else np.random.default_rng(0)
+        self._rng = rng if rng is not None else np.random.default_rng(0)  # not secret
         self._pending: list[tuple[str, str, bytes]] = []  # (source, destination, data)
         self._held: list[tuple[str, str, bytes]] = []
         self.history = History(events=coordinator.events)
@@ -196,7 +196,7 @@ def run_federation(
     faults: Sequence[Fault] = (),
     injections: Sequence[Injection] = (),
     reorder: bool = False,
-    rng: np.random.Generator | None = None,
+    rng: np.random.Generator | None = None,  # not secret
     until: Callable[[Coordinator], bool] | None = None,
     on_boundary: Callable[[Coordinator], None] | None = None,
 ) -> History:
