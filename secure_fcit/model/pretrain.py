@@ -116,12 +116,13 @@ def ensure_embedded_model(
 
 def _build(out: Path, spec: TinyLlavaSpec, pre: PretrainSpec, seed: int, progress: bool) -> dict:
     t0 = time.perf_counter()
-    tokenizer = train_tokenizer(_corpus(seed), vocab_size=spec.vocab_size)
+    corpus = _corpus(seed)
+    tokenizer = train_tokenizer(corpus, vocab_size=spec.vocab_size)
     processor = build_processor(tokenizer, spec)
     model = build_tiny_llava(tokenizer, spec, seed)
 
     rng = np.random.default_rng([seed, 7])
-    words = sorted({w.strip(".,?!:;") for text in _corpus(seed) for w in text.split()} - {""})
+    words = sorted({w.strip(".,?!:;") for text in corpus for w in text.split()} - {""})
     words = [w for w in words if "<" not in w]
     examples = [generate_pretrain_example(rng, spec.image_size, words) for _ in range(pre.n_examples)]
     encoded = [encode_sample(processor, ex.image, [(ex.instruction, ex.answer)]) for ex in examples]
