@@ -35,3 +35,15 @@ def test_module_entry_point_runs():
     res = subprocess.run([sys.executable, "-m", "secure_fcit", "--help"], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0 and "demo" in res.stdout
+
+
+def test_demo_prints_tables_and_writes_files(tmp_path, monkeypatch, capsys):
+    import secure_fcit.fcit.validity as validity
+
+    from .fcit.test_validity_report import _result
+
+    monkeypatch.setattr(validity, "run_validity", lambda cfg, progress=True: _result())
+    assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| ocr | 0.0 | 70.0 | 30.0 |" in out and "after stage" in out
+    assert (tmp_path / "validity.json").is_file() and (tmp_path / "finetune_matrix.png").is_file()
