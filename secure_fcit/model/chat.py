@@ -67,11 +67,6 @@ class Batch:
         }
 
 
-def _pixels(processor, image: Image.Image) -> torch.Tensor:
-    out = processor.image_processor(images=[image.convert("RGB")], return_tensors="pt")
-    return out["pixel_values"][0]
-
-
 def _prompt_ids(processor, prompt: str, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
     out = processor(text=[prompt], images=[image.convert("RGB")], return_tensors="pt")
     return out["input_ids"][0], out["pixel_values"][0]
