@@ -4,6 +4,8 @@ Commands:
   demo        the main job on the embedded default (today: the benchmark-validity run)
   benchmark   generate (or reuse) the synthetic FCIT benchmark files
   model       build (or reuse) the embedded tiny LLaVA model
+  simulate    one federated continual instruction-tuning stream in process (DISCO or a baseline)
+  predict     answer a prompt about an image with a trained global state (SSA routing)
 """
 
 from __future__ import annotations
@@ -68,6 +70,45 @@ def _cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .fcit.simulate import run_simulation, with_overrides, write_simulation
+
+    cfg = with_overrides(load_config(args.config), args.strategy, args.beta, args.seed)
+    sc = cfg.scenario
+    out = Path(args.out or f"runs/{sc.setting}-{sc.kind}-{cfg.fcit.strategy}-b{sc.beta:g}-s{cfg.seed}")
+    result = run_simulation(cfg, progress=not args.no_progress,
+                            log=lambda m: print(m, file=sys.stderr) if not args.quiet else None)
+    written = write_simulation(result, cfg, out)
+    s = result.summary
+    print(f"{cfg.fcit.strategy} {sc.setting}-{sc.kind} beta={sc.beta:g} seed={cfg.seed}: "
+          f"Last {s['last']:.2f}  Avg {s['avg']:.2f}  Forgetting {s['forgetting']:.2f}  BWT {s['bwt']:.2f}  "
+          f"slots {result.slots_opened}  {result.seconds:.0f} s")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .data.llava_json import load_image
+    from .fcit.predict import load_state, predict
+    from .model.pretrain import PretrainSpec, default_cache_dir, ensure_embedded_model
+
+    if args.model:
+        model_dir = Path(args.model)
+    else:  # the model the state was trained on, as its run's config named it
+        mc = load_state(args.state)["meta"].get("model", {})
+        if mc.get("path", "embedded") == "embedded":
+            cache = Path(mc["cache_dir"]) if mc.get("cache_dir") else default_cache_dir()
+            model_dir = ensure_embedded_model(cache, pretrain=PretrainSpec(steps=mc.get("pretrain_steps", 800)),
+                                              seed=mc.get("seed", 0))
+        else:
+            model_dir = Path(mc["path"])
+    answers = predict(args.state, model_dir, [(load_image(Path(args.image)), args.question)],
+                      max_new_tokens=args.max_new_tokens)
+    print(answers[0])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m secure_fcit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,6 +136,25 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--steps", type=int, default=800, help="pre-training steps (projector + language model stage)")
     model.add_argument("--seed", type=int, default=0)
     model.set_defaults(func=_cmd_model)
+
+    sim = sub.add_parser("simulate", help="run one FCIT stream in process (DISCO or a baseline)")
+    sim.add_argument("--config", required=True, help="TOML config, e.g. configs/hom-task.toml")
+    sim.add_argument("--strategy", choices=("disco", "finetune", "fedprox", "ewc", "olora"),
+                     help="override fcit.strategy")
+    sim.add_argument("--beta", type=float, help="override scenario.beta (Dirichlet split)")
+    sim.add_argument("--seed", type=int, help="override the config's seed")
+    sim.add_argument("--out", help="output directory (default: runs/<setting>-<kind>-<strategy>-b<beta>-s<seed>)")
+    sim.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sim.add_argument("--quiet", action="store_true", help="no per-stage log lines")
+    sim.set_defaults(func=_cmd_simulate)
+
+    pred = sub.add_parser("predict", help="answer a question about an image with a trained state")
+    pred.add_argument("--state", required=True, help="a run's state/ directory")
+    pred.add_argument("--image", required=True, help="image file")
+    pred.add_argument("--question", required=True, help="the instruction, without <image>")
+    pred.add_argument("--model", help="LLaVA model directory (default: the embedded model)")
+    pred.add_argument("--max-new-tokens", type=int, default=24)
+    pred.set_defaults(func=_cmd_predict)
     return parser
 
 

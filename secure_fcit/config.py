@@ -17,6 +17,8 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = [
+    "FCITConfig",
+    "STRATEGIES",
     "ModelConfig",
     "DataConfig",
     "LoraConfigSection",
@@ -85,7 +87,7 @@ class LoraConfigSection:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: float = 5.0
+    epochs: float = 10.0
     batch_size: int = 32
     lr: float = 3e-3
 
@@ -132,6 +134,84 @@ class ScenarioConfig:
             raise ConfigError(f"scenario.beta must be > 0, got {self.beta}")
 
 
+STRATEGIES: tuple[str, ...] = ("disco", "finetune", "fedprox", "ewc", "olora")
+AGGREGATORS: tuple[str, ...] = ("plaintext",)
+
+
+@dataclass(frozen=True)
+class FCITConfig:
+    """The federated stream: strategy, rounds, local training, LoRA slots, DKO and SSA."""
+
+    #: "disco" (DKO + SSA), or a baseline on the same round machines: "finetune" (FedAvg of one
+    #: LoRA), "fedprox", "ewc" (federated Fisher), "olora" (orthogonal subspace per stage).
+    strategy: str = "disco"
+    #: "plaintext" is the insecure research aggregator: the coordinator sees every vector.
+    aggregator: str = "plaintext"
+    rounds_per_stage: int = 5
+    local_epochs: float = 5.0
+    local_batch_size: int = 16
+    lr: float = 3e-3
+    #: Each slot is a rank-``slot_rank`` LoRA on the language model's MLP (gate/up/down).
+    slot_rank: int = 8
+    slot_alpha: float = 16.0
+    slot_targets: str = "mlp"
+    max_slots: int = 16
+    tau: float = 0.9
+    k_min: int = 2
+    #: Small-cohort releases (a slot or bucket summed over fewer than k_min clients): "refuse",
+    #: "allow-with-dp", "allow", or "auto" (= "allow" for plaintext, "allow-with-dp" for secure sums).
+    policy: str = "auto"
+    n_buckets: int = 16
+    #: An unmatched token bucket opens a new slot only with this many samples behind it.
+    min_open_samples: int = 10
+    ssa_temperature: float = 0.05
+    #: "embedded" (the LLaVA checkpoint's own embeddings) or a local HF text-encoder directory.
+    encoder: str = "embedded"
+    fedprox_mu: float = 0.01
+    ewc_lambda: float = 1.0
+    olora_lambda: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"fcit.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.aggregator not in AGGREGATORS:
+            raise ConfigError(f"fcit.aggregator must be one of {', '.join(AGGREGATORS)}, got {self.aggregator!r}")
+        for name in ("rounds_per_stage", "local_batch_size", "slot_rank"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"fcit.{name} must be >= 1, got {getattr(self, name)}")
+        if self.local_epochs <= 0 or not 0 < self.lr < 1 or self.slot_alpha <= 0:
+            raise ConfigError("fcit.local_epochs and fcit.slot_alpha must be > 0 and fcit.lr in (0, 1)")
+        if self.slot_targets not in ("mlp", "attn", "all"):
+            raise ConfigError(f"fcit.slot_targets must be 'mlp', 'attn' or 'all', got {self.slot_targets!r}")
+        if self.policy != "auto":
+            from .fcit.dko import POLICIES
+
+            if self.policy not in POLICIES:
+                raise ConfigError(f"fcit.policy must be 'auto', {', '.join(map(repr, POLICIES))}, got {self.policy!r}")
+        self.dko()  # DKO's own checks (tau, k_min, max_slots, n_buckets, ...), named under fcit.
+        if self.ssa_temperature <= 0:
+            raise ConfigError(f"fcit.ssa_temperature must be > 0, got {self.ssa_temperature}")
+        if min(self.fedprox_mu, self.ewc_lambda, self.olora_lambda) < 0:
+            raise ConfigError("fcit.fedprox_mu, fcit.ewc_lambda and fcit.olora_lambda must be >= 0")
+
+    def dko(self):
+        """The ``fcit.dko.DKOConfig`` these settings give."""
+        from .fcit.dko import DKOConfig
+
+        try:
+            return DKOConfig(tau=self.tau, max_slots=self.max_slots, k_min=self.k_min, policy=self.release_policy,
+                             n_buckets=self.n_buckets, min_open_samples=self.min_open_samples)
+        except ConfigError as exc:
+            raise ConfigError(f"fcit: {exc}") from None
+
+    @property
+    def release_policy(self) -> str:
+        """The k_min policy in force: "auto" resolved for the configured aggregator."""
+        if self.policy != "auto":
+            return self.policy
+        return "allow" if self.aggregator == "plaintext" else "allow-with-dp"
+
+
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -140,7 +220,23 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    fcit: FCITConfig = field(default_factory=FCITConfig)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Settings that are fine alone but cannot work together are refused at load.
+        sc, fc = self.scenario, self.fcit
+        if fc.k_min > sc.clients_per_round:
+            raise ConfigError(
+                f"fcit.k_min ({fc.k_min}) exceeds scenario.clients_per_round ({sc.clients_per_round}): "
+                "no round could ever release a slot"
+            )
+        units = 8 if sc.kind == "task" else 4
+        if fc.strategy == "disco" and fc.max_slots < units:
+            raise ConfigError(
+                f"fcit.max_slots ({fc.max_slots}) is below the {units} {sc.kind} units of the "
+                f"{sc.setting}-{sc.kind} stream: more tasks than slots"
+            )
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:

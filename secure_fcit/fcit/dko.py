@@ -6,7 +6,8 @@ The organizer never sees a client's token or update: every method that uses clie
 Token phase: the sum of the workers' SimHash bucket vectors (layout in ``protocols.layout``) gives,
 per bucket, sum(n_k * mu_k), sum(n_k) and the client count; their ratio is the bucket mean. A
 bucket mean whose cosine with an existing global token is >= tau updates that slot's token as the
-sample-weighted running mean; unmatched bucket means that match each other merge into one new slot.
+sample-weighted running mean; unmatched bucket means that match each other merge into one new slot
+(if at least ``min_open_samples`` samples stand behind it).
 The stage's active slots are those matched or opened.
 
 Rounds: per active slot, sum(n_k * delta_k) / sum(n_k) is added to the slot's weights (FedAvg on
@@ -53,6 +54,10 @@ class DKOConfig:
     k_min: int = 2
     policy: str = "refuse"
     n_buckets: int = 1024
+    #: An unmatched group of buckets opens a slot only with at least this many samples behind it: a
+    #: token from a handful of instructions is too noisy to found a task (its clients still train
+    #: the nearest active slot). 1 opens a slot for any unmatched bucket.
+    min_open_samples: int = 1
 
     def __post_init__(self) -> None:
         tau = self.tau
@@ -65,6 +70,7 @@ class DKOConfig:
             raise ConfigError(f"tau must be a number in (0, 1], got {tau!r}")
         _int_at_least("max_slots", self.max_slots, 1)
         _int_at_least("k_min", self.k_min, 1)
+        _int_at_least("min_open_samples", self.min_open_samples, 1)
         if self.policy not in POLICIES:
             raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         n = _int_at_least("n_buckets", self.n_buckets, 2)
@@ -183,6 +189,8 @@ class DKOOrganizer:
             else:
                 unmatched.append(b)
         clusters: list[list[int]] = []
+        # Largest buckets first: the best-estimated means found the clusters the others join.
+        unmatched.sort(key=lambda b: (-float(samples[b]), b))
         for b in unmatched:
             centres = [sums[c].sum(axis=0) for c in clusters]
             scores = cosine(sums[b], np.array(centres))[0] if centres else np.zeros(0)
@@ -190,6 +198,8 @@ class DKOOrganizer:
                 clusters[int(np.argmax(scores))].append(b)
             else:
                 clusters.append([b])
+        undersized = [b for c in clusters if samples[c].sum() < self.config.min_open_samples for b in c]
+        clusters = [c for c in clusters if samples[c].sum() >= self.config.min_open_samples]
         if self.n_slots + len(clusters) > self.config.max_slots:
             raise LocalProtocolError(
                 f"stage {stage} needs {self.n_slots + len(clusters)} slots, more than max_slots="
@@ -218,6 +228,7 @@ class DKOOrganizer:
             opened=tuple(opened),
             withheld_buckets=tuple(withheld),
             incoherent_buckets=tuple(incoherent),
+            undersized_buckets=tuple(sorted(undersized)),
         )
 
     # ----------------------------------------------------------------- rounds

@@ -1,6 +1,8 @@
-"""The client's local side of DISCO: identity tokens from its instructions, training of one LoRA slot.
+"""The client's local side: identity tokens from its instructions, training of one LoRA slot.
 
-Implements the `protocols.Learner` interface on a `model.SlotLoRA`. In the in-process simulation
+``SlotLearner`` is DISCO's (and Finetune's) learner; ``FedProxLearner``, ``EWCLearner`` and
+``OLoRALearner`` add the baselines' local terms on the same slot machinery. All implement the
+`protocols.Learner` interface on a `model.SlotLoRA`. In the in-process simulation
 many learners share one `SlotLoRA` (one model in memory): a learner loads the global weights of
 its slot before training and returns only the change, so sharing leaks nothing between clients.
 """
@@ -11,13 +13,15 @@ import zlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 
-from ..model.chat import EncodedSample
+from ..errors import ConfigError
+from ..model.chat import EncodedSample, collate_train, per_sequence_loss
 from ..model.encoder import InstructionEncoder, mean_token
 from ..model.slots import SlotLoRA
 from ..model.train import TrainSpec, train_steps
 
-__all__ = ["SlotLearner"]
+__all__ = ["SlotLearner", "FedProxLearner", "EWCLearner", "OLoRALearner"]
 
 
 class SlotLearner:
@@ -53,12 +57,126 @@ class SlotLearner:
         return len(self.samples.get(stage, ()))
 
     def train(self, stage: int, round: int, slot: int, weights: np.ndarray) -> np.ndarray:
+        weights = np.asarray(weights, dtype=np.float32)
         self.slots.load_slot(slot, weights)
+        self._local_training(stage, round, slot, weights)
+        return self.slots.slot_vector(slot) - weights
+
+    def _local_training(self, stage: int, round: int, slot: int, weights: np.ndarray, extra_loss=None) -> None:
         seed = zlib.crc32(f"{self.seed}/{self.client_id}/{stage}/{round}".encode())
         with self.slots.training(slot):
             train_steps(self.slots.model, list(self.samples[stage]), self.spec, self.pad_id, seed,
-                        progress=False)
-        return self.slots.slot_vector(slot) - np.asarray(weights, dtype=np.float32)
+                        progress=False, extra_loss=extra_loss)
 
     def refuse_reason(self, stage: int, round: int) -> str | None:
         return None
+
+
+def _flat(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    return torch.cat([p.reshape(-1) for p in params])
+
+
+class FedProxLearner(SlotLearner):
+    """FedProx: the local loss adds mu/2 * ||theta - theta_global||^2 over the slot's parameters."""
+
+    def __init__(self, *args, mu: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.mu = mu
+
+    def train(self, stage: int, round: int, slot: int, weights: np.ndarray) -> np.ndarray:
+        weights = np.asarray(weights, dtype=np.float32)
+        self.slots.load_slot(slot, weights)
+        anchor = torch.from_numpy(weights.copy())
+        params = self.slots._params(slot)
+        self._local_training(
+            stage, round, slot, weights, lambda: 0.5 * self.mu * (_flat(params) - anchor).pow(2).sum()
+        )
+        return self.slots.slot_vector(slot) - weights
+
+
+class EWCLearner(SlotLearner):
+    """EWC with a federated Fisher; the slot vector is [w | w* | F_acc | F_new] (``EWC_PARTS``).
+
+    Local loss: task loss + lambda/2 * sum(F_acc/mean(F_acc) * (w - w*)^2). In a stage's last
+    round the worker also measures its diagonal empirical Fisher F_k (mean over its samples of the
+    per-sample gradient squared) and adds F_k - F_new to the last block, so the round's FedAvg
+    leaves the cohort's mean Fisher there for the organizer to consolidate.
+    """
+
+    def __init__(self, *args, lam: float, rounds_per_stage: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lam = lam
+        self.rounds_per_stage = rounds_per_stage
+
+    def train(self, stage: int, round: int, slot: int, weights: np.ndarray) -> np.ndarray:
+        weights = np.asarray(weights, dtype=np.float32)
+        p = self.slots.slot_size
+        w, anchor, fisher, f_new = (weights[i * p : (i + 1) * p] for i in range(4))
+        self.slots.load_slot(slot, w)
+        params = self.slots._params(slot)
+        extra = None
+        if self.lam > 0 and fisher.sum() > 0:
+            importance = torch.from_numpy(fisher / fisher.mean())
+            anchor_t = torch.from_numpy(anchor.copy())
+            extra = lambda: 0.5 * self.lam * (importance * (_flat(params) - anchor_t).pow(2)).sum()  # noqa: E731
+        self._local_training(stage, round, slot, w, extra)
+        delta = np.zeros_like(weights)
+        delta[:p] = self.slots.slot_vector(slot) - w
+        if round == self.rounds_per_stage - 1:
+            delta[3 * p :] = self._fisher(stage, slot) - f_new
+        return delta
+
+    def _fisher(self, stage: int, slot: int) -> np.ndarray:
+        model = self.slots.model
+        total = None
+        samples = list(self.samples[stage])
+        with self.slots.training(slot) as params:
+            for sample in samples:
+                batch = collate_train([sample], self.pad_id)
+                loss = per_sequence_loss(model(**batch.model_inputs()).logits, batch.labels).sum()
+                grads = torch.autograd.grad(loss, params)
+                sq = torch.cat([g.reshape(-1) for g in grads]).pow(2)
+                total = sq if total is None else total + sq
+        return (total / len(samples)).float().numpy()
+
+
+class OLoRALearner(SlotLearner):
+    """O-LoRA: one wide slot of ``n_blocks`` rank blocks; stage s trains block s only, with
+    lambda * sum ||A_s A_<s^T||_F^2 keeping it orthogonal to the earlier stages' subspaces."""
+
+    def __init__(self, *args, lam: float, block_rank: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lam = lam
+        self.r = block_rank
+
+    def train(self, stage: int, round: int, slot: int, weights: np.ndarray) -> np.ndarray:
+        weights = np.asarray(weights, dtype=np.float32)
+        self.slots.load_slot(slot, weights)
+        names = self.slots._names[slot]
+        params = self.slots._params(slot)
+        lo, hi = stage * self.r, (stage + 1) * self.r
+        if hi > params[0].shape[0 if ".lora_A." in names[0] else 1]:
+            raise ConfigError(f"the O-LoRA slot has no rank block for stage {stage}")
+        a_params = [p for n, p in zip(names, params, strict=True) if ".lora_A." in n]
+
+        def orthogonality() -> torch.Tensor:
+            return self.lam * sum((a[lo:hi] @ a[:lo].detach().T).pow(2).sum() for a in a_params)
+
+        seed = zlib.crc32(f"{self.seed}/{self.client_id}/{stage}/{round}".encode())
+        with self.slots.training(slot):
+            # Only block ``stage`` learns: rows lo:hi of every A, columns lo:hi of every B.
+            hooks = []
+            for name, param in zip(names, params, strict=True):
+                mask = torch.zeros_like(param)
+                if ".lora_A." in name:
+                    mask[lo:hi, :] = 1.0
+                else:
+                    mask[:, lo:hi] = 1.0
+                hooks.append(param.register_hook(lambda g, m=mask: g * m))
+            try:
+                train_steps(self.slots.model, list(self.samples[stage]), self.spec, self.pad_id, seed,
+                            progress=False, extra_loss=orthogonality if stage > 0 and self.lam > 0 else None)
+            finally:
+                for h in hooks:
+                    h.remove()
+        return self.slots.slot_vector(slot) - weights

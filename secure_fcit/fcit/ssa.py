@@ -65,11 +65,12 @@ def evaluate_routed(
     metric: str,
     max_new_tokens: int = 24,
     batch_size: int = 64,
+    temperature: float = SSA_TEMPERATURE,
 ) -> TaskEval:
     """Mean score (0–100) of SSA-routed greedy answers on test records (``data.TestRecord``)."""
     from ..data.llava_json import load_image
 
     items = [(load_image(r.image), r.text) for r in records]
-    preds = routed_answers(slots, processor, encoder, tokens, slot_ids, items, max_new_tokens, batch_size)
+    preds = routed_answers(slots, processor, encoder, tokens, slot_ids, items, max_new_tokens, batch_size, temperature)
     scores = [score_prediction(metric, p, r.answer, r.answer_bbox) for p, r in zip(preds, records, strict=True)]
     return TaskEval(sum(scores) / len(scores) if scores else 0.0, tuple(preds))

@@ -126,7 +126,7 @@ def prepare_workspace(config: Config, tasks: Sequence[str], progress: bool = Tru
         model_dir = Path(mc.path)
     if dc.root == "synthetic":
         root = cache / "benchmark" / f"seed{dc.seed}-n{dc.n_train}-t{dc.n_test}-s{dc.image_size}"
-        files = build_benchmark(root, list(tasks), dc.n_train, dc.n_test, dc.seed, dc.image_size)
+        files = build_benchmark(root, list(tasks), dc.n_train, dc.n_test, dc.seed, dc.image_size, progress=progress)
         task_dirs = {t: files[t].directory for t in tasks}
     else:
         root = Path(dc.root)

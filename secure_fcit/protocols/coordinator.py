@@ -303,6 +303,7 @@ class Coordinator:
             opened=list(plan.opened),
             withheld_buckets=list(plan.withheld_buckets),
             incoherent_buckets=list(plan.incoherent_buckets),
+            undersized_buckets=list(plan.undersized_buckets),
             dropped=dict(self._dropped),
         )
         self._transition("planned")

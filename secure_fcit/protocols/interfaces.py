@@ -49,6 +49,7 @@ class StagePlan:
     opened: tuple[int, ...] = ()
     withheld_buckets: tuple[int, ...] = ()  # below k_min and not allowed by the policy
     incoherent_buckets: tuple[int, ...] = ()  # bucket mixed dissimilar tokens; not used
+    undersized_buckets: tuple[int, ...] = ()  # unmatched, too few samples to open a slot; not used
 
 
 @dataclass(frozen=True)

@@ -62,3 +62,34 @@ def test_shipped_configs_load():
 
     for path in sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.toml")):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[fcit]\nk_min = 6\n", "fcit.k_min \\(6\\) exceeds scenario.clients_per_round \\(5\\)"),
+        ("[fcit]\ntau = 0.0\n", "fcit: tau must be a number in \\(0, 1\\]"),
+        ("[fcit]\ntau = 1.2\n", "fcit: tau must be a number in \\(0, 1\\]"),
+        ("[fcit]\nmax_slots = 7\n", "more tasks than slots"),
+        ("[scenario]\nkind = \"cap\"\n[fcit]\nmax_slots = 3\n", "below the 4 cap units"),
+        ("[fcit]\nstrategy = \"fedavg\"\n", "fcit.strategy must be one of"),
+        ("[fcit]\npolicy = \"maybe\"\n", "fcit.policy must be"),
+        ("[fcit]\nn_buckets = 12\n", "fcit: n_buckets must be a power of two"),
+        ("[fcit]\nrounds = 3\n", "unknown config key fcit.rounds"),
+    ],
+)
+def test_fcit_configs_that_cannot_work_are_refused_at_load(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_shipped_stream_configs_load(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for name in ("hom-task", "het-task", "hom-cap", "het-cap"):
+        cfg = load_config(root / f"{name}.toml")
+        assert (cfg.scenario.setting, cfg.scenario.kind) == tuple(name.split("-"))
+        assert cfg.fcit.release_policy == "allow"  # plaintext research aggregator
+    cap = load_config(root / "hom-cap.toml", {"fcit.max_slots": 4})
+    assert cap.fcit.max_slots == 4

@@ -170,3 +170,13 @@ def test_new_slots_start_from_slot_init():
     org = DKOOrganizer(DIM, P, DKOConfig(n_buckets=B), slot_init=lambda s: np.full(P, s + 0.5))
     org.plan(0, tokens_sum(0, [("a", task_token(0), 3, 1), ("b", task_token(0), 5, 1)]))
     np.testing.assert_array_equal(org.global_weights([0])[0], 0.5)
+
+
+def test_an_unmatched_bucket_with_too_few_samples_opens_no_slot():
+    org = organizer(min_open_samples=10)
+    plan = org.plan(0, tokens_sum(0, [("a", task_token(0), 6, 0), ("b", task_token(0), 6, 0),
+                                      ("c", task_token(1), 2, 3), ("d", task_token(1), 3, 3)]))  # fmt: skip
+    assert plan.opened == (0,) and plan.undersized_buckets == (3,) and org.n_slots == 1
+    # The same task with enough samples behind it later opens its slot.
+    plan = org.plan(1, tokens_sum(1, [("c", task_token(1), 7, 3), ("d", task_token(1), 5, 3)]))
+    assert plan.opened == (1,) and plan.undersized_buckets == ()

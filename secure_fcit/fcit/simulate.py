@@ -1,0 +1,297 @@
+"""One FCIT stream in process: 50 Workers and a Coordinator over the in-memory transport.
+
+``run_simulation`` builds the scenario from the config, one shared model with LoRA slots (the
+learners take turns on it and exchange only vectors with the round machines), the strategy's
+organizer and learners, and runs the sans-IO Coordinator/Worker pair that the TLS deployment runs.
+After every stage the global state is evaluated on every stage seen so far; A[t][i] is the mean
+score on stage i's tasks after stage t (one task per stage in the task-related streams).
+
+Outputs (``write_simulation``): ``metrics.json``, ``metrics.md``, ``accuracy_matrix.png`` and the
+trained global state under ``state/`` (slot vectors as safetensors, tokens and layout as JSON),
+which ``fcit.predict`` loads to answer prompts with SSA routing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import Config
+from ..data.schedule import CAPABILITY_GROUPS, TASK_ORDER, Scenario, build_scenario
+from ..data.tasks import get_task
+from ..errors import ConfigError
+from ..model.encoder import load_encoder
+from ..model.slots import SlotLoRA
+from ..model.train import TrainSpec
+from ..protocols import Coordinator, PlaintextAggregator, PlaintextClient, Worker, run_federation
+from ..protocols.interfaces import ScenarioSchedule
+from .dko import DKOOrganizer
+from .learner import EWCLearner, FedProxLearner, OLoRALearner, SlotLearner
+from .metrics import summarize
+from .organizers import EWC_PARTS, EWCOrganizer, SharedSlotOrganizer
+from .report import matrix_markdown, plot_matrix
+from .ssa import evaluate_routed
+from .workspace import Workspace, prepare_workspace
+
+__all__ = [
+    "SimulationResult", "run_simulation", "write_simulation", "with_overrides", "scenario_for", "slot_layout",
+    "build_slots", "global_state",
+]
+
+
+@dataclass
+class SimulationResult:
+    strategy: str
+    setting: str
+    kind: str
+    beta: float
+    seed: int
+    stage_tasks: list[list[str]]
+    accuracy_matrix: list[list[float | None]]
+    task_scores: list[dict[str, float]]
+    summary: dict[str, float]
+    slots_opened: int
+    round_seconds: list[float]
+    seconds: float
+    releases: list[dict[str, Any]]
+    events: dict[str, int]
+    state: dict[str, Any]  # tokens, slot vectors, layout: what ``state/`` holds
+
+
+def scenario_for(config: Config, ws: Workspace) -> Scenario:
+    sc = config.scenario
+    tasks = _stream_tasks(sc.kind)
+    sizes = {t: len(ws.train_records(t)) for t in tasks}
+    return build_scenario(sc.setting, sc.kind, sizes, sc.n_clients, sc.clients_per_round, sc.beta, config.seed)
+
+
+def _stream_tasks(kind: str) -> tuple[str, ...]:
+    return TASK_ORDER if kind == "task" else tuple(t for group in CAPABILITY_GROUPS for t in group)
+
+
+def slot_layout(config: Config, n_stages: int) -> dict[str, Any]:
+    """How the strategy's slots are shaped: what ``SlotLoRA`` to build and how vectors are laid out."""
+    fc = config.fcit
+    if fc.strategy == "olora":  # one wide LoRA: a rank block per stage
+        return {"strategy": "olora", "rank": fc.slot_rank * n_stages, "alpha": fc.slot_alpha * n_stages,
+                "targets": fc.slot_targets, "max_slots": 1, "parts": 1}
+    return {"strategy": fc.strategy, "rank": fc.slot_rank, "alpha": fc.slot_alpha, "targets": fc.slot_targets,
+            "max_slots": fc.max_slots if fc.strategy == "disco" else 1,
+            "parts": EWC_PARTS if fc.strategy == "ewc" else 1}
+
+
+def build_slots(model: torch.nn.Module, layout: dict[str, Any]) -> SlotLoRA:
+    return SlotLoRA(model, rank=layout["rank"], alpha=layout["alpha"], targets=layout["targets"],
+                    max_slots=layout["max_slots"])
+
+
+def _organizer(config: Config, dim: int, slots: SlotLoRA, layout: dict[str, Any]):
+    fc = config.fcit
+    dko = replace(fc.dko(), max_slots=layout["max_slots"])
+    p, parts = slots.slot_size, layout["parts"]
+
+    def init(slot: int) -> np.ndarray:
+        fresh = slots.initial_vector(seed=config.seed * 1009 + slot)
+        return np.concatenate([fresh, np.zeros((parts - 1) * p, np.float32)])
+
+    if fc.strategy == "disco":
+        return DKOOrganizer(dim, p, dko, slot_init=init)
+    if fc.strategy == "ewc":
+        return EWCOrganizer(dim, parts * p, dko, slot_init=init)
+    return SharedSlotOrganizer(dim, p, dko, slot_init=init)
+
+
+def _learners(config: Config, ws: Workspace, scenario: Scenario, slots: SlotLoRA, encoder) -> dict[int, SlotLearner]:
+    fc = config.fcit
+    spec = TrainSpec(epochs=fc.local_epochs, batch_size=fc.local_batch_size, lr=fc.lr)
+    pad = ws.processor.tokenizer.pad_token_id
+    per_client: dict[int, tuple[dict, dict]] = {}
+    for stage in scenario.stages:
+        for client, parts in stage.client_data.items():
+            samples, instructions = per_client.setdefault(client, ({}, {}))
+            encoded = [ws.train_samples(task)[int(i)] for task, idx in parts for i in idx]
+            samples[stage.index] = encoded
+            instructions[stage.index] = [ws.train_records(task)[int(i)].turns[0][0] for task, idx in parts for i in idx]
+    learners = {}
+    for client, (samples, instructions) in sorted(per_client.items()):
+        args = (_client_id(client), slots, encoder, samples, instructions, spec, pad, config.seed)
+        if fc.strategy == "fedprox":
+            learners[client] = FedProxLearner(*args, mu=fc.fedprox_mu)
+        elif fc.strategy == "ewc":
+            learners[client] = EWCLearner(*args, lam=fc.ewc_lambda, rounds_per_stage=fc.rounds_per_stage)
+        elif fc.strategy == "olora":
+            learners[client] = OLoRALearner(*args, lam=fc.olora_lambda, block_rank=fc.slot_rank)
+        else:
+            learners[client] = SlotLearner(*args)
+    return learners
+
+
+def _client_id(client: int) -> str:
+    return f"client-{client:03d}"
+
+
+def global_state(organizer, layout: dict[str, Any], lora_size: int) -> dict[str, Any]:
+    """The trained global model as plain arrays: LoRA slot vectors and identity tokens."""
+    weights = organizer.global_weights(list(range(organizer.n_slots)))[:, :lora_size]
+    return {"layout": {**layout, "slot_size": lora_size}, "tokens": organizer.tokens, "slots": weights}
+
+
+def _evaluator(config: Config, ws: Workspace, slots: SlotLoRA, encoder) -> Callable[[dict, list[str]], dict[str, float]]:
+    def evaluate(state: dict[str, Any], tasks: list[str]) -> dict[str, float]:
+        ids = list(range(state["slots"].shape[0]))
+        for s in ids:
+            slots.load_slot(s, state["slots"][s])
+        scores = {}
+        for task in tasks:
+            res = evaluate_routed(
+                slots, ws.processor, encoder, state["tokens"], ids, ws.test_records(task), get_task(task).metric,
+                max_new_tokens=ws.max_new_tokens(task), batch_size=config.eval.batch_size,
+                temperature=config.fcit.ssa_temperature,
+            )
+            scores[task] = res.score
+        return scores
+
+    return evaluate
+
+
+def run_simulation(config: Config, progress: bool = True, log: Callable[[str], None] = print) -> SimulationResult:
+    """Run the configured strategy over the configured FCIT stream; see the module docstring."""
+    t0 = time.perf_counter()
+    sc, fc = config.scenario, config.fcit
+    ws = prepare_workspace(config, _stream_tasks(sc.kind), progress=progress)
+    scenario = scenario_for(config, ws)
+    n_stages = len(scenario.stages)
+    model, _ = ws.base_model()
+    torch.manual_seed(config.seed)
+    layout = slot_layout(config, n_stages)
+    slots = build_slots(model, layout)
+    encoder = load_encoder(fc.encoder, ws.model_dir)
+    organizer = _organizer(config, encoder.dim, slots, layout)
+    learners = _learners(config, ws, scenario, slots, encoder)
+    fed_id = f"sim-{sc.setting}-{sc.kind}-{fc.strategy}"
+    coordinator = Coordinator(
+        fed_id, ScenarioSchedule(scenario, _client_id), functools.partial(PlaintextAggregator, min_contributors=1),
+        organizer, organizer.slot_size, fc.rounds_per_stage, np.random.default_rng(config.seed),
+    )
+    workers = [Worker(fed_id, _client_id(c), learner, PlaintextClient()) for c, learner in learners.items()]
+    evaluate = _evaluator(config, ws, slots, encoder)
+    stage_tasks = [list(stage.tasks) for stage in scenario.stages]
+    matrix: list[list[float | None]] = []
+    task_scores: list[dict[str, float]] = []
+    round_seconds: list[float] = []
+    bar = tqdm(total=n_stages * fc.rounds_per_stage, desc=f"{fc.strategy} {sc.setting}-{sc.kind}",
+               unit="round", disable=not progress)
+    clock = {"t": time.perf_counter(), "applied": 0}
+    log(f"{fed_id}: {len(workers)} workers, {n_stages} stages x {fc.rounds_per_stage} rounds, "
+        f"slot size {organizer.slot_size}")
+    log("aggregation: plaintext, the INSECURE research aggregator (the coordinator sees every vector)")
+
+    def on_boundary(coord: Coordinator) -> None:
+        applied = sum(1 for e in coord.events if e["event"] == "applied")
+        if applied > clock["applied"]:
+            round_seconds.append(time.perf_counter() - clock["t"])
+            bar.update(applied - clock["applied"])
+            clock["applied"] = applied
+        stage = coord.position[0]
+        if coord.state == "before-stage" and stage > len(matrix):
+            done = stage - 1
+            seen = list(dict.fromkeys(t for tasks in stage_tasks[: done + 1] for t in tasks))
+            scores = evaluate(global_state(organizer, layout, slots.slot_size), seen)
+            row = [float(np.mean([scores[t] for t in stage_tasks[i]])) for i in range(done + 1)]
+            matrix.append(row + [None] * (n_stages - done - 1))
+            task_scores.append(scores)
+            bar.set_postfix(stage=done + 1, slots=organizer.n_slots, mean=f"{np.mean(row):.1f}")
+            log(f"after stage {done + 1}/{n_stages}: " + ", ".join(f"{t} {s:.1f}" for t, s in scores.items()))
+        clock["t"] = time.perf_counter()
+
+    history = run_federation(coordinator, workers, on_boundary=on_boundary)
+    bar.close()
+    if not coordinator.done or len(matrix) != n_stages:
+        raise ConfigError(f"the federation stopped after {len(matrix)} of {n_stages} stages")
+    counts: dict[str, int] = {}
+    for e in history.events:
+        counts[e["event"]] = counts.get(e["event"], 0) + 1
+    releases = [asdict(r) for r in organizer.releases]
+    state = global_state(organizer, layout, slots.slot_size)
+    return SimulationResult(
+        strategy=fc.strategy, setting=sc.setting, kind=sc.kind, beta=sc.beta, seed=config.seed,
+        stage_tasks=stage_tasks, accuracy_matrix=matrix, task_scores=task_scores, summary=summarize(matrix),
+        slots_opened=organizer.n_slots if fc.strategy == "disco" else 0, round_seconds=round_seconds,
+        seconds=time.perf_counter() - t0, releases=releases, events=counts, state=state,
+    )
+
+
+def write_simulation(result: SimulationResult, config: Config, out: Path) -> list[Path]:
+    """Write metrics.json, metrics.md, accuracy_matrix.png and the global state under ``out``."""
+    from safetensors.numpy import save_file
+
+    out = Path(out)
+    (out / "state").mkdir(parents=True, exist_ok=True)
+    labels = [" + ".join(t) for t in result.stage_tasks]
+    rnd = lambda v: None if v is None else round(float(v), 2)  # noqa: E731
+    metrics = {
+        "strategy": result.strategy,
+        "setting": f"{result.setting}-{result.kind}",
+        "beta": result.beta,
+        "seed": result.seed,
+        "stages": result.stage_tasks,
+        "accuracy_matrix": [[rnd(v) for v in row] for row in result.accuracy_matrix],
+        **{k: round(v, 2) for k, v in result.summary.items()},
+        "slots_opened": result.slots_opened,
+        "round_seconds": [round(s, 2) for s in result.round_seconds],
+        "seconds": round(result.seconds, 1),
+        "task_scores": [{k: round(v, 2) for k, v in row.items()} for row in result.task_scores],
+        "small_cohort_releases": result.releases,
+        "events": result.events,
+        "config": {k: asdict(getattr(config, k)) for k in ("scenario", "fcit", "lora", "data")},
+    }
+    paths = [out / "metrics.json", out / "metrics.md", out / "accuracy_matrix.png"]
+    paths[0].write_text(json.dumps(metrics, indent=2) + "\n")
+    s = result.summary
+    md = [
+        f"# {result.strategy} on {result.setting}-{result.kind}, beta {result.beta}, seed {result.seed}",
+        "",
+        f"Last **{s['last']:.2f}**, Avg **{s['avg']:.2f}**, Forgetting {s['forgetting']:.2f}, "
+        f"BWT {s['bwt']:.2f}; slots opened {result.slots_opened}; {result.seconds:.0f} s "
+        f"(mean round {np.mean(result.round_seconds):.1f} s); small-cohort releases {len(result.releases)}.",
+        "",
+        matrix_markdown(metrics["accuracy_matrix"], labels),
+        "",
+    ]
+    paths[1].write_text("\n".join(md))
+    plot_matrix(metrics["accuracy_matrix"], labels, paths[2],
+                f"{result.strategy}, {result.setting}-{result.kind}, beta {result.beta}")
+    st = result.state
+    save_file({f"slot{i}": np.ascontiguousarray(v) for i, v in enumerate(st["slots"])}, str(out / "state" / "slots.safetensors"))
+    (out / "state" / "tokens.json").write_text(json.dumps({
+        "layout": st["layout"],
+        "tokens": np.asarray(st["tokens"], dtype=np.float64).round(8).tolist(),
+        "ssa_temperature": config.fcit.ssa_temperature,
+        "encoder": config.fcit.encoder,
+        "model": asdict(config.model),
+    }, indent=1) + "\n")
+    return paths + [out / "state" / "slots.safetensors", out / "state" / "tokens.json"]
+
+
+def with_overrides(config: Config, strategy: str | None = None, beta: float | None = None,
+                   seed: int | None = None) -> Config:
+    """The config with the command line's --strategy/--beta/--seed applied (validated again)."""
+    from ..config import config_from_dict
+
+    data = {k: asdict(getattr(config, k)) for k in ("model", "data", "lora", "train", "eval", "scenario", "fcit")}
+    data["seed"] = config.seed if seed is None else seed
+    if strategy is not None:
+        data["fcit"]["strategy"] = strategy
+    if beta is not None:
+        data["scenario"]["beta"] = float(beta)
+    return config_from_dict(data)
+

@@ -1,0 +1,140 @@
+"""The `simulate` driver end to end on the micro model: every strategy, outputs and saved state."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from secure_fcit.cli import main
+from secure_fcit.config import config_from_dict
+from secure_fcit.errors import ConfigError
+from secure_fcit.fcit.predict import load_state, predict
+from secure_fcit.fcit.simulate import run_simulation, write_simulation
+
+
+def micro_config(model_dir, cache, strategy="disco", setting="hom", **fcit):
+    het = setting == "het"
+    return config_from_dict({
+        "model": {"path": str(model_dir), "cache_dir": str(cache)},
+        "data": {"n_train": 10, "n_test": 2, "image_size": 32},
+        "eval": {"batch_size": 16, "max_new_tokens": 6},
+        "scenario": {"setting": setting, "kind": "task", "n_clients": 5 if het else 4,
+                     "clients_per_round": 5 if het else 2, "beta": 1.0},
+        "fcit": {"strategy": strategy, "rounds_per_stage": 2 if strategy == "ewc" else 1, "local_epochs": 1.0,
+                 "local_batch_size": 8, "lr": 1e-2, "slot_rank": 2, "slot_alpha": 4.0, "tau": 0.5,
+                 "n_buckets": 2, "k_min": 1, **fcit},
+    })
+
+
+@pytest.fixture(scope="module")
+def sim_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("simcache")
+
+
+@pytest.fixture(scope="module")
+def disco_run(micro_model_dir, sim_cache):
+    cfg = micro_config(micro_model_dir, sim_cache, "disco")
+    return cfg, run_simulation(cfg, progress=False, log=lambda m: None)
+
+
+@pytest.mark.parametrize("strategy", ["disco", "finetune", "fedprox", "ewc", "olora"])
+def test_every_strategy_runs_the_stream(strategy, micro_model_dir, sim_cache, tmp_path, request):
+    if strategy == "disco":
+        cfg, result = request.getfixturevalue("disco_run")
+    else:
+        cfg = micro_config(micro_model_dir, sim_cache, strategy)
+        result = run_simulation(cfg, progress=False, log=lambda m: None)
+    m = result.accuracy_matrix
+    assert len(m) == 8 and all(len(row) == 8 for row in m)
+    assert all(row[i] is not None for t, row in enumerate(m) for i in range(t + 1))
+    assert all(row[i] is None for t, row in enumerate(m) for i in range(t + 1, 8))
+    assert len(result.round_seconds) == 8 * cfg.fcit.rounds_per_stage
+    assert result.events["applied"] == 8 * cfg.fcit.rounds_per_stage and "aborted" not in result.events
+    if strategy == "disco":
+        assert 1 <= result.slots_opened <= cfg.fcit.max_slots
+    else:
+        assert result.state["slots"].shape[0] == 1
+    written = write_simulation(result, cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("accuracy_matrix", "last", "avg", "forgetting", "bwt", "slots_opened", "round_seconds"):
+        assert key in metrics
+    assert all(p.is_file() for p in written)
+
+
+def test_saved_state_answers_prompts(micro_model_dir, sim_cache, tmp_path, disco_run):
+    from secure_fcit.data.llava_json import load_image
+
+    cfg, result = disco_run
+    write_simulation(result, cfg, tmp_path)
+    state = load_state(tmp_path / "state")
+    assert np.allclose(state["slots"], result.state["slots"])
+    assert np.allclose(state["tokens"], result.state["tokens"], atol=1e-6)
+    image = next((sim_cache / "benchmark").rglob("*.png"))
+    answers = predict(tmp_path / "state", micro_model_dir, [(load_image(image), "What object is shown?")],
+                      max_new_tokens=4)
+    assert len(answers) == 1 and isinstance(answers[0], str)
+    # The command line reaches the same code.
+    assert main(["predict", "--state", str(tmp_path / "state"), "--image", str(image),
+                 "--question", "What is this?", "--model", str(micro_model_dir), "--max-new-tokens", "3"]) == 0
+
+
+def test_a_broken_state_is_named(tmp_path):
+    (tmp_path / "tokens.json").write_text("{not json")
+    (tmp_path / "slots.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(ConfigError, match="tokens.json"):
+        load_state(tmp_path)
+    with pytest.raises(ConfigError, match="is missing"):
+        load_state(tmp_path / "nowhere")
+
+
+def test_het_stream_records_small_cohort_releases(micro_model_dir, sim_cache):
+    # Het stages give several tasks one client each: with k_min = 2 every such slot is a small-cohort
+    # release; the plaintext default ("auto" -> "allow") applies it and records it.
+    cfg = micro_config(micro_model_dir, sim_cache, "disco", setting="het", k_min=2)
+    result = run_simulation(cfg, progress=False, log=lambda m: None)
+    assert result.releases and all(r["policy"] == "allow" and r["applied"] for r in result.releases)
+    refused = micro_config(micro_model_dir, sim_cache, "disco", setting="het", k_min=2, policy="refuse")
+    res2 = run_simulation(refused, progress=False, log=lambda m: None)
+    assert res2.releases and not any(r["applied"] for r in res2.releases)
+
+
+def test_simulate_command_runs_a_capability_stream(micro_model_dir, sim_cache, tmp_path, capsys):
+    config = tmp_path / "cap.toml"
+    config.write_text(f"""
+[model]
+path = "{micro_model_dir}"
+cache_dir = "{sim_cache}"
+[data]
+n_train = 10
+n_test = 2
+image_size = 32
+[eval]
+max_new_tokens = 6
+[scenario]
+setting = "hom"
+kind = "cap"
+n_clients = 4
+clients_per_round = 2
+[fcit]
+rounds_per_stage = 1
+local_epochs = 1.0
+local_batch_size = 8
+slot_rank = 2
+k_min = 1
+""")
+    out = tmp_path / "run"
+    assert main(["simulate", "--config", str(config), "--strategy", "finetune", "--beta", "5", "--seed", "3",
+                 "--out", str(out), "--no-progress", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["setting"] == "hom-cap" and metrics["beta"] == 5.0 and metrics["seed"] == 3
+    assert len(metrics["accuracy_matrix"]) == 4 and metrics["strategy"] == "finetune"
+    assert "Last" in capsys.readouterr().out
+
+
+def test_simulate_refuses_a_config_that_cannot_work(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text("[fcit]\nk_min = 9\n")
+    assert main(["simulate", "--config", str(config)]) == 2
+    assert "fcit.k_min (9) exceeds scenario.clients_per_round" in capsys.readouterr().err
