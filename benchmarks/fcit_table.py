@@ -92,7 +92,7 @@ def _table(rows: list[dict]) -> str:
             return f"{v.mean():.2f}" + (f" ± {v.std(ddof=1):.2f}" if len(v) > 1 else "")
 
         lines.append(f"| {setting} | {beta:g} | {strategy} | {len(group)} | {stat('last')} | {stat('avg')} | "
-                     f"{stat('forgetting')} | {stat('slots_opened')} | {np.mean([r['seconds'] for r in group]):.0f} |")
+                     f"{stat('forgetting')} | {stat('slots_opened') if strategy == 'disco' else '–'} | {np.mean([r['seconds'] for r in group]):.0f} |")
     if validity.is_file():
         v = json.loads(validity.read_text())
         lines += ["", f"Reference points (task-related tasks, `benchmarks/validity.py`): zero-shot {v['zero_shot']:.2f}, "

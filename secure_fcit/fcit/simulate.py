@@ -60,6 +60,7 @@ class SimulationResult:
     task_scores: list[dict[str, float]]
     summary: dict[str, float]
     slots_opened: int
+    opened_per_stage: list[list[int]]
     round_seconds: list[float]
     seconds: float
     releases: list[dict[str, Any]]
@@ -225,7 +226,8 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
     return SimulationResult(
         strategy=fc.strategy, setting=sc.setting, kind=sc.kind, beta=sc.beta, seed=config.seed,
         stage_tasks=stage_tasks, accuracy_matrix=matrix, task_scores=task_scores, summary=summarize(matrix),
-        slots_opened=organizer.n_slots if fc.strategy == "disco" else 0, round_seconds=round_seconds,
+        slots_opened=organizer.n_slots if fc.strategy == "disco" else 0,
+        opened_per_stage=[list(e["opened"]) for e in history.of("planned")], round_seconds=round_seconds,
         seconds=time.perf_counter() - t0, releases=releases, events=counts, state=state,
     )
 
@@ -247,6 +249,7 @@ def write_simulation(result: SimulationResult, config: Config, out: Path) -> lis
         "accuracy_matrix": [[rnd(v) for v in row] for row in result.accuracy_matrix],
         **{k: round(v, 2) for k, v in result.summary.items()},
         "slots_opened": result.slots_opened,
+        "opened_per_stage": result.opened_per_stage,
         "round_seconds": [round(s, 2) for s in result.round_seconds],
         "seconds": round(result.seconds, 1),
         "task_scores": [{k: round(v, 2) for k, v in row.items()} for row in result.task_scores],
