@@ -24,7 +24,7 @@ def micro_config(model_dir, cache, strategy="disco", setting="hom", kind="task",
                      "clients_per_round": 5 if het else 2, "beta": 1.0},
         "fcit": {"strategy": strategy, "rounds_per_stage": 2 if strategy == "ewc" else 1, "local_epochs": 1.0,
                  "local_batch_size": 8, "lr": 1e-2, "slot_rank": 2, "slot_alpha": 4.0, "tau": 0.5,
-                 "n_buckets": 2, "k_min": 1, **fcit},
+                 "n_buckets": 2, "k_min": 1, "min_open_samples": 1, **fcit},
     })
 
 
@@ -124,6 +124,7 @@ local_epochs = 1.0
 local_batch_size = 8
 slot_rank = 2
 k_min = 1
+min_open_samples = 1
 """)
     out = tmp_path / "run"
     assert main(["simulate", "--config", str(config), "--strategy", "finetune", "--beta", "5", "--seed", "3",
