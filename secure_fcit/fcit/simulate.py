@@ -148,6 +148,9 @@ def global_state(organizer, layout: dict[str, Any], lora_size: int) -> dict[str,
 
 def _evaluator(config: Config, ws: Workspace, slots: SlotLoRA, encoder) -> Callable[[dict, list[str]], dict[str, float]]:
     def evaluate(state: dict[str, Any], tasks: list[str]) -> dict[str, float]:
+        if state["slots"].shape[0] == 0:  # no slot opened yet: the base model (an all-zero slot)
+            state = {**state, "slots": np.zeros((1, slots.slot_size), np.float32),
+                     "tokens": np.ones((1, encoder.dim), np.float32)}
         ids = list(range(state["slots"].shape[0]))
         for s in ids:
             slots.load_slot(s, state["slots"][s])
@@ -218,6 +221,10 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
     bar.close()
     if not coordinator.done or len(matrix) != n_stages:
         raise ConfigError(f"the federation stopped after {len(matrix)} of {n_stages} stages")
+    for e in history.of("planned"):
+        if not e["active"]:
+            log(f"WARNING: stage {e['stage'] + 1} trained no slot: every token bucket was withheld, "
+                f"incoherent or under fcit.min_open_samples (undersized: {e['undersized_buckets']})")
     counts: dict[str, int] = {}
     for e in history.events:
         counts[e["event"]] = counts.get(e["event"], 0) + 1

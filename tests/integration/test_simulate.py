@@ -140,3 +140,12 @@ def test_simulate_refuses_a_config_that_cannot_work(tmp_path, capsys):
     config.write_text("[fcit]\nk_min = 9\n")
     assert main(["simulate", "--config", str(config)]) == 2
     assert "fcit.k_min (9) exceeds scenario.clients_per_round" in capsys.readouterr().err
+
+
+def test_stages_that_open_no_slot_are_reported_and_score_the_base_model(micro_model_dir, sim_cache):
+    cfg = micro_config(micro_model_dir, sim_cache, "disco", kind="cap", min_open_samples=10_000)
+    lines = []
+    result = run_simulation(cfg, progress=False, log=lines.append)
+    assert result.slots_opened == 0 and result.events.get("applied", 0) == 0
+    assert len(result.accuracy_matrix) == 4
+    assert sum("trained no slot" in line for line in lines) == 4
