@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from secure_fcit.config import load_config
-from secure_fcit.fcit.simulate import run_simulation, with_overrides, write_simulation
+from secure_fcit.fcit.simulate import run_simulation, write_simulation
 
 SETTINGS = ("hom-task", "het-task", "hom-cap", "het-cap")
 STRATEGIES = ("disco", "finetune", "fedprox", "ewc", "olora")
@@ -46,14 +46,14 @@ def main() -> int:
     out = Path(args.out)
     rows = []
     for setting in args.settings:
-        overrides = {"fcit.rounds_per_stage": args.rounds} if args.rounds else {}
-        base = load_config(Path(args.configs) / f"{setting}.toml", overrides)
+        rounds = {"fcit.rounds_per_stage": args.rounds} if args.rounds else {}
         for beta in args.betas:
             for strategy in args.strategies:
                 for seed in args.seeds:
                     run = _run_dir(out, setting, beta, strategy, seed)
                     if not (run / "metrics.json").is_file():
-                        cfg = with_overrides(base, strategy, beta, seed)
+                        cfg = load_config(Path(args.configs) / f"{setting}.toml",
+                                          {**rounds, "fcit.strategy": strategy, "scenario.beta": beta, "seed": seed})
                         t0 = time.perf_counter()
                         result = run_simulation(cfg, progress=not args.no_progress,
                                                 log=lambda m: print(m, file=sys.stderr))

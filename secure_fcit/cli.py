@@ -72,9 +72,10 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .fcit.simulate import run_simulation, with_overrides, write_simulation
+    from .fcit.simulate import run_simulation, write_simulation
 
-    cfg = with_overrides(load_config(args.config), args.strategy, args.beta, args.seed)
+    flags = {"fcit.strategy": args.strategy, "scenario.beta": args.beta, "seed": args.seed}
+    cfg = load_config(args.config, {k: v for k, v in flags.items() if v is not None})
     sc = cfg.scenario
     out = Path(args.out or f"runs/{sc.setting}-{sc.kind}-{cfg.fcit.strategy}-b{sc.beta:g}-s{cfg.seed}")
     result = run_simulation(cfg, progress=not args.no_progress,

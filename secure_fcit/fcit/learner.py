@@ -62,11 +62,19 @@ class SlotLearner:
         self._local_training(stage, round, slot, weights)
         return self.slots.slot_vector(slot) - weights
 
-    def _local_training(self, stage: int, round: int, slot: int, weights: np.ndarray, extra_loss=None) -> None:
+    def _local_training(self, stage: int, round: int, slot: int, weights: np.ndarray, extra_loss=None,
+                        grad_masks: list[torch.Tensor] | None = None) -> None:
+        """Train slot ``slot`` on this stage's samples; ``grad_masks`` (one per slot parameter)
+        zero the gradient outside the entries allowed to learn."""
         seed = zlib.crc32(f"{self.seed}/{self.client_id}/{stage}/{round}".encode())
-        with self.slots.training(slot):
-            train_steps(self.slots.model, list(self.samples[stage]), self.spec, self.pad_id, seed,
-                        progress=False, extra_loss=extra_loss)
+        with self.slots.training(slot) as params:
+            hooks = [p.register_hook(lambda g, m=m: g * m) for p, m in zip(params, grad_masks or [], strict=False)]
+            try:
+                train_steps(self.slots.model, list(self.samples[stage]), self.spec, self.pad_id, seed,
+                            progress=False, extra_loss=extra_loss)
+            finally:
+                for h in hooks:
+                    h.remove()
 
     def refuse_reason(self, stage: int, round: int) -> str | None:
         return None
@@ -162,21 +170,15 @@ class OLoRALearner(SlotLearner):
         def orthogonality() -> torch.Tensor:
             return self.lam * sum((a[lo:hi] @ a[:lo].detach().T).pow(2).sum() for a in a_params)
 
-        seed = zlib.crc32(f"{self.seed}/{self.client_id}/{stage}/{round}".encode())
-        with self.slots.training(slot):
-            # Only block ``stage`` learns: rows lo:hi of every A, columns lo:hi of every B.
-            hooks = []
-            for name, param in zip(names, params, strict=True):
-                mask = torch.zeros_like(param)
-                if ".lora_A." in name:
-                    mask[lo:hi, :] = 1.0
-                else:
-                    mask[:, lo:hi] = 1.0
-                hooks.append(param.register_hook(lambda g, m=mask: g * m))
-            try:
-                train_steps(self.slots.model, list(self.samples[stage]), self.spec, self.pad_id, seed,
-                            progress=False, extra_loss=orthogonality if stage > 0 and self.lam > 0 else None)
-            finally:
-                for h in hooks:
-                    h.remove()
+        # Only block ``stage`` learns: rows lo:hi of every A, columns lo:hi of every B.
+        masks = []
+        for name, param in zip(names, params, strict=True):
+            mask = torch.zeros_like(param)
+            if ".lora_A." in name:
+                mask[lo:hi, :] = 1.0
+            else:
+                mask[:, lo:hi] = 1.0
+            masks.append(mask)
+        self._local_training(stage, round, slot, weights,
+                             orthogonality if stage > 0 and self.lam > 0 else None, grad_masks=masks)
         return self.slots.slot_vector(slot) - weights

@@ -43,7 +43,7 @@ from .ssa import evaluate_routed
 from .workspace import Workspace, prepare_workspace
 
 __all__ = [
-    "SimulationResult", "run_simulation", "write_simulation", "with_overrides", "scenario_for", "slot_layout",
+    "SimulationResult", "run_simulation", "write_simulation", "scenario_for", "slot_layout",
     "build_slots", "global_state",
 ]
 
@@ -290,18 +290,4 @@ def write_simulation(result: SimulationResult, config: Config, out: Path) -> lis
         "model": asdict(config.model),
     }, indent=1) + "\n")
     return paths + [out / "state" / "slots.safetensors", out / "state" / "tokens.json"]
-
-
-def with_overrides(config: Config, strategy: str | None = None, beta: float | None = None,
-                   seed: int | None = None) -> Config:
-    """The config with the command line's --strategy/--beta/--seed applied (validated again)."""
-    from ..config import config_from_dict
-
-    data = {k: asdict(getattr(config, k)) for k in ("model", "data", "lora", "train", "eval", "scenario", "fcit")}
-    data["seed"] = config.seed if seed is None else seed
-    if strategy is not None:
-        data["fcit"]["strategy"] = strategy
-    if beta is not None:
-        data["scenario"]["beta"] = float(beta)
-    return config_from_dict(data)
 
