@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m secure_fcit demo
+	$(BIN)/python -m secure_fcit demo --config configs/demo.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

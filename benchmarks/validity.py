@@ -1,6 +1,7 @@
 """Benchmark validity figures: zero-shot ≤ 25, multi-task upper bound ≥ 70, sequential FT forgetting ≥ 20.
 
     python benchmarks/validity.py [--config FILE] [--seed N] [--out benchmarks/results/validity.json]
+                                  [--only zero_shot|upper_bound|finetune ...]
 
 Prints the three figures as JSON (percentages 0–100) with the wall time of each run on this
 machine, and writes the full result (per-task scores, accuracy matrix) to ``--out``.
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 from secure_fcit.config import Config, config_from_dict, load_config
-from secure_fcit.fcit.validity import run_validity, write_outputs
+from secure_fcit.fcit.validity import PARTS, run_validity, write_outputs
 
 
 def main() -> int:
@@ -23,11 +24,15 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results/validity.json")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="run only these parts; the others are kept from --out (same weights and settings)")
     args = ap.parse_args()
     overrides = {} if args.seed is None else {"seed": args.seed}
     cfg: Config = load_config(args.config, overrides) if args.config else config_from_dict(overrides)
-    result = run_validity(cfg, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     out = Path(args.out)
+    previous = json.loads(out.read_text()) if set(args.only) != set(PARTS) else None
+    result = run_validity(cfg, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+                          parts=args.only, previous=previous)
     write_outputs(result, out.parent, json_name=out.name)
     keys = ("zero_shot", "upper_bound", "finetune_forgetting", "seconds", "pass")
     print(json.dumps({k: result[k] for k in keys}, indent=2))

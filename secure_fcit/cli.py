@@ -1,7 +1,8 @@
 """``python -m secure_fcit <command>``: the project's command line.
 
 Commands:
-  demo        the main job on the embedded default (today: the benchmark-validity run)
+  demo        the private federation: DISCO + DP-SGD on the Hom task stream, then the audit report
+  audit       privacy audit report recomputed from spend journals
   benchmark   generate (or reuse) the synthetic FCIT benchmark files
   model       build (or reuse) the embedded tiny LLaVA model
   simulate    one federated continual instruction-tuning stream in process (DISCO or a baseline)
@@ -34,19 +35,60 @@ def _config(args: argparse.Namespace):
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .fcit.report import matrix_markdown
-    from .fcit.validity import run_validity, validity_table, write_outputs
+    """The private federation: DISCO with DP-SGD on the Hom task stream, then the audit report."""
+    from .config import config_from_dict, load_config
 
-    cfg = _config(args)
-    print("secure-fcit demo: benchmark validity on the embedded tiny LLaVA model")
-    print("(zero-shot base model, centralized multi-task LoRA, sequential LoRA fine-tuning)\n")
-    result = run_validity(cfg, progress=not args.no_progress)
-    written = write_outputs(result, Path(args.out))
-    print(validity_table(result))
-    print("\nSequential fine-tuning, accuracy matrix A[t][i]:")
-    print(matrix_markdown(result["finetune"]["accuracy_matrix"], result["setup"]["tasks"]))
-    print("\nwrote " + ", ".join(str(p) for p in written))
+    overrides = {"dp.enabled": True}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.config:
+        cfg = load_config(args.config, overrides)
+    else:
+        cfg = config_from_dict({"dp": {"enabled": True}, **({"seed": args.seed} if args.seed is not None else {})})
+    dp = cfg.dp
+    print(f"secure-fcit demo: {cfg.fcit.strategy} federation on {cfg.scenario.setting}-{cfg.scenario.kind}, "
+          f"{cfg.scenario.n_clients} clients, DP-SGD per client (epsilon_max {dp.epsilon:g}, delta {dp.delta:g})")
+    return _simulate_and_report(cfg, Path(args.out), progress=not args.no_progress, quiet=False)
+
+
+def _simulate_and_report(cfg, out: Path, progress: bool, quiet: bool) -> int:
+    from .dp.report import audit, write_report
+    from .fcit.simulate import run_simulation, write_simulation
+
+    sc = cfg.scenario
+    privacy = out / "privacy" if cfg.dp.enabled else None
+    result = run_simulation(cfg, progress=progress, log=(lambda m: None) if quiet else
+                            (lambda m: print(m, file=sys.stderr)), privacy_dir=privacy)
+    written = write_simulation(result, cfg, out)
+    s = result.summary
+    print(f"{cfg.fcit.strategy} {sc.setting}-{sc.kind} beta={sc.beta:g} seed={cfg.seed}"
+          f"{' DP' if cfg.dp.enabled else ''}: Last {s['last']:.2f}  Avg {s['avg']:.2f}  "
+          f"Forgetting {s['forgetting']:.2f}  BWT {s['bwt']:.2f}  slots {result.slots_opened}  "
+          f"refused rounds {len(result.refusals)}  {result.seconds:.0f} s")
+    if privacy is not None:
+        rep = audit(out, progress=progress)
+        written += write_report(rep, out / "audit")
+        r = rep["summary"]
+        print(f"privacy audit: {r['verified']}/{r['clients']} journals verified, max epsilon RDP "
+              f"{r['max_epsilon_rdp']:.3f} / PRV {r['max_epsilon_prv']:.3f} (cap {cfg.dp.epsilon:g}), "
+              f"over budget: {len(r['over_budget'])}, mismatches: {r['mismatches']}")
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from .dp.report import audit, write_report
+
+    state = Path(args.state)
+    rep = audit(state, progress=not args.no_progress)
+    out = Path(args.out) if args.out else (state / "audit" if state.is_dir() else state.parent / "audit")
+    written = write_report(rep, out)
+    s = rep["summary"]
+    print(f"{s['clients']} client journal(s): {s['verified']} verified, failed: {', '.join(s['failed']) or 'none'}; "
+          f"max epsilon RDP {s['max_epsilon_rdp']:.4g}, PRV {s['max_epsilon_prv']:.4g}; "
+          f"over budget: {', '.join(s['over_budget']) or 'none'}; mismatches: {s['mismatches']}")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 1 if s["failed"] or s["over_budget"] or s["mismatches"] else 0
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
@@ -72,21 +114,14 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .fcit.simulate import run_simulation, write_simulation
 
-    flags = {"fcit.strategy": args.strategy, "scenario.beta": args.beta, "seed": args.seed}
+    flags = {"fcit.strategy": args.strategy, "scenario.beta": args.beta, "seed": args.seed,
+             "dp.enabled": True if args.dp else None, "dp.epsilon": args.epsilon, "dp.delta": args.delta}
     cfg = load_config(args.config, {k: v for k, v in flags.items() if v is not None})
     sc = cfg.scenario
-    out = Path(args.out or f"runs/{sc.setting}-{sc.kind}-{cfg.fcit.strategy}-b{sc.beta:g}-s{cfg.seed}")
-    result = run_simulation(cfg, progress=not args.no_progress,
-                            log=lambda m: print(m, file=sys.stderr) if not args.quiet else None)
-    written = write_simulation(result, cfg, out)
-    s = result.summary
-    print(f"{cfg.fcit.strategy} {sc.setting}-{sc.kind} beta={sc.beta:g} seed={cfg.seed}: "
-          f"Last {s['last']:.2f}  Avg {s['avg']:.2f}  Forgetting {s['forgetting']:.2f}  BWT {s['bwt']:.2f}  "
-          f"slots {result.slots_opened}  {result.seconds:.0f} s")
-    print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+    dp = f"-dp{cfg.dp.epsilon:g}" if cfg.dp.enabled else ""
+    out = Path(args.out or f"runs/{sc.setting}-{sc.kind}-{cfg.fcit.strategy}-b{sc.beta:g}-s{cfg.seed}{dp}")
+    return _simulate_and_report(cfg, out, progress=not args.no_progress, quiet=args.quiet)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -145,9 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--beta", type=float, help="override scenario.beta (Dirichlet split)")
     sim.add_argument("--seed", type=int, help="override the config's seed")
     sim.add_argument("--out", help="output directory (default: runs/<setting>-<kind>-<strategy>-b<beta>-s<seed>)")
+    sim.add_argument("--dp", action="store_true", help="DP-SGD per client (sets dp.enabled)")
+    sim.add_argument("--epsilon", type=float, help="override dp.epsilon (the per-client cap)")
+    sim.add_argument("--delta", type=float, help="override dp.delta")
     sim.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sim.add_argument("--quiet", action="store_true", help="no per-stage log lines")
     sim.set_defaults(func=_cmd_simulate)
+
+    aud = sub.add_parser("audit", help="privacy audit report from spend journals (Markdown, HTML, JSON, plot)")
+    aud.add_argument("--state", required=True,
+                     help="a run folder, a privacy/ folder of client ledgers, one client's folder or journal")
+    aud.add_argument("--out", help="report folder (default: <state>/audit)")
+    aud.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    aud.set_defaults(func=_cmd_audit)
 
     pred = sub.add_parser("predict", help="answer a question about an image with a trained state")
     pred.add_argument("--state", required=True, help="a run's state/ directory")

@@ -17,6 +17,7 @@ __all__ = [
     "CryptoError",
     "PrivacyError",
     "BudgetExhausted",
+    "JournalError",
 ]
 
 
@@ -62,3 +63,8 @@ class PrivacyError(SecureFCITError):
 
 class BudgetExhausted(PrivacyError):
     """The spend a round would add crosses the configured (epsilon, delta) budget."""
+
+
+class JournalError(PrivacyError):
+    """A spend journal failed verification (edited, removed or reordered entries, another client's
+    journal). The client will not train until an operator restores or replaces the journal."""

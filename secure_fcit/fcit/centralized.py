@@ -46,8 +46,12 @@ def zero_shot(ws: Workspace, tasks: Sequence[str], progress: bool = True) -> Run
 def multitask_upper_bound(
     ws: Workspace, tasks: Sequence[str], seed: int, epochs: float | None = None, progress: bool = True
 ) -> RunResult:
-    """One LoRA trained on every task's data pooled together (the centralized upper bound)."""
+    """One LoRA trained on every task's data pooled together (the centralized upper bound).
+
+    ``epochs`` defaults to ``train.upper_bound_epochs``.
+    """
     t0 = time.perf_counter()
+    epochs = epochs if epochs is not None else ws.config.train.upper_bound_epochs
     model, processor = ws.lora_model(seed)
     pooled = [s for t in tasks for s in ws.train_samples(t)]
     train_steps(

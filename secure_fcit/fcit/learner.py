@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from ..model.chat import EncodedSample, collate_train, per_sequence_loss
 from ..model.encoder import InstructionEncoder, mean_token
 from ..model.slots import SlotLoRA
 from ..model.train import TrainSpec, train_steps
+
+if TYPE_CHECKING:
+    from ..dp.client import ClientPrivacy
 
 __all__ = ["SlotLearner", "FedProxLearner", "EWCLearner", "OLoRALearner"]
 
@@ -37,8 +41,12 @@ class SlotLearner:
         train: TrainSpec,
         pad_id: int,
         seed: int,
+        privacy: ClientPrivacy | None = None,
     ) -> None:
         self.client_id = client_id
+        #: DP-SGD, its ledger and budget (None: non-private training).
+        self.privacy = privacy
+        self._last_sq: list[torch.Tensor] | None = None
         self.slots = slots
         self.encoder = encoder
         self.samples = samples
@@ -49,6 +57,8 @@ class SlotLearner:
         self._tokens: dict[int, np.ndarray] = {}
 
     def identity_token(self, stage: int) -> np.ndarray:
+        if self.privacy is not None:  # journaled before the worker can upload it
+            self.privacy.record_token_release(stage, self.num_samples(stage))
         if stage not in self._tokens:
             self._tokens[stage] = mean_token(self.encoder, list(self.instructions[stage]))
         return self._tokens[stage]
@@ -63,9 +73,18 @@ class SlotLearner:
         return self.slots.slot_vector(slot) - weights
 
     def _local_training(self, stage: int, round: int, slot: int, weights: np.ndarray, extra_loss=None,
-                        grad_masks: list[torch.Tensor] | None = None) -> None:
+                        grad_masks: list[torch.Tensor] | None = None, collect_sq: bool = False) -> None:
         """Train slot ``slot`` on this stage's samples; ``grad_masks`` (one per slot parameter)
-        zero the gradient outside the entries allowed to learn."""
+        zero the gradient outside the entries allowed to learn. With ``privacy`` set this is
+        DP-SGD, journaled before the first step; ``collect_sq`` keeps the mean squared noised
+        gradient (``_last_sq``)."""
+        if self.privacy is not None:
+            with self.slots.training(slot) as params:
+                result = self.privacy.train(self.slots.model, params, list(self.samples[stage]), stage, round,
+                                            self.pad_id, extra_loss=extra_loss, grad_masks=grad_masks,
+                                            collect_sq=collect_sq)
+            self._last_sq = result.mean_sq_grad
+            return
         seed = zlib.crc32(f"{self.seed}/{self.client_id}/{stage}/{round}".encode())
         with self.slots.training(slot) as params:
             hooks = [p.register_hook(lambda g, m=m: g * m) for p, m in zip(params, grad_masks or [], strict=False)]
@@ -77,6 +96,8 @@ class SlotLearner:
                     h.remove()
 
     def refuse_reason(self, stage: int, round: int) -> str | None:
+        if self.privacy is not None:
+            return self.privacy.refuse_reason(stage, round, self.num_samples(stage))
         return None
 
 
@@ -127,14 +148,20 @@ class EWCLearner(SlotLearner):
             importance = torch.from_numpy(fisher / fisher.mean())
             anchor_t = torch.from_numpy(anchor.copy())
             extra = lambda: 0.5 * self.lam * (importance * (_flat(params) - anchor_t).pow(2)).sum()  # noqa: E731
-        self._local_training(stage, round, slot, w, extra)
+        last = round == self.rounds_per_stage - 1
+        self._local_training(stage, round, slot, w, extra, collect_sq=last and self.privacy is not None)
         delta = np.zeros_like(weights)
         delta[:p] = self.slots.slot_vector(slot) - w
-        if round == self.rounds_per_stage - 1:
+        if last:
             delta[3 * p :] = self._fisher(stage, slot) - f_new
         return delta
 
     def _fisher(self, stage: int, slot: int) -> np.ndarray:
+        if self.privacy is not None:
+            # Under DP the Fisher is the mean squared *noised* gradient of the round's DP-SGD
+            # steps: post-processing of released values, no extra privacy spend. The per-sample
+            # Fisher below would release unprotected squared gradients.
+            return torch.cat([g.reshape(-1) for g in self._last_sq]).float().numpy()
         model = self.slots.model
         total = None
         samples = list(self.samples[stage])

@@ -17,7 +17,7 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..data.schedule import CAPABILITY_GROUPS, TASK_ORDER, Scenario, build_scenario
 from ..data.tasks import get_task
+from ..dp.client import ClientPrivacy, planned_rounds
 from ..errors import ConfigError
 from ..model.encoder import load_encoder
 from ..model.slots import SlotLoRA
@@ -66,6 +67,8 @@ class SimulationResult:
     releases: list[dict[str, Any]]
     events: dict[str, int]
     state: dict[str, Any]  # tokens, slot vectors, layout: what ``state/`` holds
+    refusals: list[dict[str, Any]] = field(default_factory=list)  # who declined which round, and why
+    dp: bool = False
 
 
 def scenario_for(config: Config, ws: Workspace) -> Scenario:
@@ -111,8 +114,10 @@ def _organizer(config: Config, dim: int, slots: SlotLoRA, layout: dict[str, Any]
     return SharedSlotOrganizer(dim, p, dko, slot_init=init)
 
 
-def _learners(config: Config, ws: Workspace, scenario: Scenario, slots: SlotLoRA, encoder) -> dict[int, SlotLearner]:
+def _learners(config: Config, ws: Workspace, scenario: Scenario, slots: SlotLoRA, encoder,
+              privacy_dir: Path | None = None) -> dict[int, SlotLearner]:
     fc = config.fcit
+    planned = planned_rounds(config, len(scenario.stages))
     spec = TrainSpec(epochs=fc.local_epochs, batch_size=fc.local_batch_size, lr=fc.lr)
     pad = ws.processor.tokenizer.pad_token_id
     per_client: dict[int, tuple[dict, dict]] = {}
@@ -125,14 +130,18 @@ def _learners(config: Config, ws: Workspace, scenario: Scenario, slots: SlotLoRA
     learners = {}
     for client, (samples, instructions) in sorted(per_client.items()):
         args = (_client_id(client), slots, encoder, samples, instructions, spec, pad, config.seed)
+        kw = {}
+        if config.dp.enabled:
+            kw["privacy"] = ClientPrivacy(privacy_dir, _client_id(client), config.dp, batch_size=fc.local_batch_size,
+                                          local_epochs=fc.local_epochs, lr=fc.lr, planned_rounds=planned)
         if fc.strategy == "fedprox":
-            learners[client] = FedProxLearner(*args, mu=fc.fedprox_mu)
+            learners[client] = FedProxLearner(*args, mu=fc.fedprox_mu, **kw)
         elif fc.strategy == "ewc":
-            learners[client] = EWCLearner(*args, lam=fc.ewc_lambda, rounds_per_stage=fc.rounds_per_stage)
+            learners[client] = EWCLearner(*args, lam=fc.ewc_lambda, rounds_per_stage=fc.rounds_per_stage, **kw)
         elif fc.strategy == "olora":
-            learners[client] = OLoRALearner(*args, lam=fc.olora_lambda, block_rank=fc.slot_rank)
+            learners[client] = OLoRALearner(*args, lam=fc.olora_lambda, block_rank=fc.slot_rank, **kw)
         else:
-            learners[client] = SlotLearner(*args)
+            learners[client] = SlotLearner(*args, **kw)
     return learners
 
 
@@ -167,8 +176,15 @@ def _evaluator(config: Config, ws: Workspace, slots: SlotLoRA, encoder) -> Calla
     return evaluate
 
 
-def run_simulation(config: Config, progress: bool = True, log: Callable[[str], None] = print) -> SimulationResult:
-    """Run the configured strategy over the configured FCIT stream; see the module docstring."""
+def run_simulation(config: Config, progress: bool = True, log: Callable[[str], None] = print,
+                   privacy_dir: Path | None = None) -> SimulationResult:
+    """Run the configured strategy over the configured FCIT stream; see the module docstring.
+
+    With ``dp.enabled`` every client trains with DP-SGD and keeps its spend journal and accountant
+    under ``privacy_dir/<client id>/`` (required then; an existing ledger is continued, never reset).
+    """
+    if config.dp.enabled and privacy_dir is None:
+        raise ConfigError("dp.enabled needs a folder for the clients' spend journals (privacy_dir)")
     t0 = time.perf_counter()
     sc, fc = config.scenario, config.fcit
     ws = prepare_workspace(config, _stream_tasks(sc.kind), progress=progress)
@@ -180,11 +196,12 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
     slots = build_slots(model, layout)
     encoder = load_encoder(fc.encoder, ws.model_dir)
     organizer = _organizer(config, encoder.dim, slots, layout)
-    learners = _learners(config, ws, scenario, slots, encoder)
+    learners = _learners(config, ws, scenario, slots, encoder, privacy_dir)
     fed_id = f"sim-{sc.setting}-{sc.kind}-{fc.strategy}"
     coordinator = Coordinator(
         fed_id, ScenarioSchedule(scenario, _client_id), functools.partial(PlaintextAggregator, min_contributors=1),
         organizer, organizer.slot_size, fc.rounds_per_stage, np.random.default_rng(config.seed),
+        dp=config.dp.enabled,
     )
     workers = [Worker(fed_id, _client_id(c), learner, PlaintextClient()) for c, learner in learners.items()]
     evaluate = _evaluator(config, ws, slots, encoder)
@@ -198,6 +215,12 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
     log(f"{fed_id}: {len(workers)} workers, {n_stages} stages x {fc.rounds_per_stage} rounds, "
         f"slot size {organizer.slot_size}")
     log("aggregation: plaintext, the INSECURE research aggregator (the coordinator sees every vector)")
+    if config.dp.enabled:
+        dp = config.dp
+        sigma = "derived per round" if dp.noise_multiplier is None else f"{dp.noise_multiplier:g}"
+        log(f"DP-SGD: epsilon_max {dp.epsilon:g}, delta {dp.delta:g} per client ({dp.accountant.upper()} cap), "
+            f"C {dp.max_grad_norm:g}, sigma {sigma}, planned rounds {planned_rounds(config, n_stages)}; "
+            f"journals in {privacy_dir}")
 
     def on_boundary(coord: Coordinator) -> None:
         applied = sum(1 for e in coord.events if e["event"] == "applied")
@@ -229,13 +252,16 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
     for e in history.events:
         counts[e["event"]] = counts.get(e["event"], 0) + 1
     releases = [asdict(r) for r in organizer.releases]
+    refusals = [{"stage": e["stage"], "round": e["round"], "client": e["peer"], "reason": e["reason"]}
+                for e in history.of("refusal")]
     state = global_state(organizer, layout, slots.slot_size)
     return SimulationResult(
         strategy=fc.strategy, setting=sc.setting, kind=sc.kind, beta=sc.beta, seed=config.seed,
         stage_tasks=stage_tasks, accuracy_matrix=matrix, task_scores=task_scores, summary=summarize(matrix),
         slots_opened=organizer.n_slots if fc.strategy == "disco" else 0,
         opened_per_stage=[list(e["opened"]) for e in history.of("planned")], round_seconds=round_seconds,
-        seconds=time.perf_counter() - t0, releases=releases, events=counts, state=state,
+        seconds=time.perf_counter() - t0, releases=releases, events=counts, state=state, refusals=refusals,
+        dp=config.dp.enabled,
     )
 
 
@@ -261,8 +287,10 @@ def write_simulation(result: SimulationResult, config: Config, out: Path) -> lis
         "seconds": round(result.seconds, 1),
         "task_scores": [{k: round(v, 2) for k, v in row.items()} for row in result.task_scores],
         "small_cohort_releases": result.releases,
+        "dp": result.dp,
+        "refusals": result.refusals,
         "events": result.events,
-        "config": {k: asdict(getattr(config, k)) for k in ("scenario", "fcit", "lora", "data")},
+        "config": {k: asdict(getattr(config, k)) for k in ("scenario", "fcit", "lora", "data", "dp")},
     }
     paths = [out / "metrics.json", out / "metrics.md", out / "accuracy_matrix.png"]
     paths[0].write_text(json.dumps(metrics, indent=2) + "\n")

@@ -1,0 +1,151 @@
+"""DP-SGD on one LoRA slot with Opacus: per-sample clipping to C, Gaussian noise sigma*C, Poisson sampling.
+
+Opacus' ``GradSampleModule`` computes the per-sample gradients of the trainable parameters (the
+one slot being trained; the vision tower, the base model and every other slot are frozen) and
+``DPOptimizer`` clips and sums them. The noise itself comes from ChaCha20 keyed by ``os.urandom``
+(`crypto.prg.ChaCha20PRG`), not from ``torch``'s generator: `ChaChaDPOptimizer` overrides only
+``add_noise``. Each step samples every example independently with probability q (Poisson); an
+empty batch still takes a noised step, as the accountant assumes.
+
+The loss is the per-sequence loss (mean over one sequence's answer tokens) summed over the batch,
+so each sample's gradient is its own; the noised sum is divided by the expected batch size q*n.
+Data-independent terms (FedProx's proximal term, EWC's penalty, O-LoRA's orthogonality) are added
+after the noise: they touch no example, so adding them is post-processing.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+from ..crypto.prg import ChaCha20PRG
+from ..errors import PrivacyError
+from ..model.chat import EncodedSample, collate_train, per_sequence_loss
+
+__all__ = ["ChaChaDPOptimizer", "DPStepResult", "dp_train_steps", "poisson_batches"]
+
+
+class ChaChaDPOptimizer(DPOptimizer):
+    """Opacus' DPOptimizer with N(0, (sigma*C)^2) noise drawn from a ChaCha20 keystream."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, prg: ChaCha20PRG, **kwargs) -> None:
+        super().__init__(optimizer, **kwargs)
+        self.prg = prg
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            if std > 0:
+                z = torch.from_numpy(self.prg.normal(p.summed_grad.numel()))
+                noise = (z * std).to(p.summed_grad.dtype).view_as(p.summed_grad)
+                p.grad = (p.summed_grad + noise).view_as(p)
+            else:
+                p.grad = p.summed_grad.clone().view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+
+def poisson_batches(n: int, q: float, steps: int, prg: ChaCha20PRG) -> list[np.ndarray]:
+    """``steps`` Poisson samples of range(n): each index in each batch with probability q."""
+    if not 0 < q <= 1:
+        raise PrivacyError(f"sample rate q must be in (0, 1], got {q}")
+    return [np.flatnonzero(prg.uniform(n) < q) for _ in range(steps)]
+
+
+@dataclass
+class DPStepResult:
+    losses: list[float]
+    batch_sizes: list[int]
+    #: Mean over steps of the squared noised gradient (post-processing of released values); the
+    #: EWC baseline's Fisher under DP.
+    mean_sq_grad: list[torch.Tensor] | None = None
+
+
+def dp_train_steps(
+    model: torch.nn.Module,
+    params: Sequence[torch.nn.Parameter],
+    samples: Sequence[EncodedSample],
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    sample_rate: float,
+    steps: int,
+    lr: float,
+    pad_id: int,
+    prg: ChaCha20PRG | None = None,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+    grad_masks: Sequence[torch.Tensor] | None = None,
+    collect_sq: bool = False,
+    optimizer: str = "adamw",
+) -> DPStepResult:
+    """Run ``steps`` DP-SGD steps on ``params`` (the only trainable parameters of ``model``)."""
+    if noise_multiplier < 0 or max_grad_norm <= 0 or steps < 1 or not samples:
+        raise PrivacyError(f"DP-SGD needs sigma >= 0, C > 0, steps >= 1 and samples (got {noise_multiplier}, "
+                           f"{max_grad_norm}, {steps}, {len(samples)})")
+    params = list(params)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if {id(p) for p in trainable} != {id(p) for p in params}:
+        raise PrivacyError("DP-SGD must train exactly the slot's parameters; others are trainable too")
+    prg = prg or ChaCha20PRG()
+    n = len(samples)
+    expected = sample_rate * n
+    base_opt = (torch.optim.AdamW(params, lr=lr, weight_decay=0.0) if optimizer == "adamw"
+                else torch.optim.SGD(params, lr=lr))
+    gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
+    opt = ChaChaDPOptimizer(base_opt, prg=prg, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                            expected_batch_size=expected, loss_reduction="mean")
+    # ``expected_batch_size`` is used as a float divisor: the mean over the *expected* q*n.
+    warm = max(1, int(0.05 * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        base_opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1.0 - max(0, s - warm) / max(1, steps - warm))
+    )
+    losses, sizes = [], []
+    sq = [torch.zeros_like(p) for p in params] if collect_sq else None
+    model.train()
+    try:
+        for idx in poisson_batches(n, sample_rate, steps, prg):
+            if len(idx):
+                batch = collate_train([samples[i] for i in idx], pad_id)
+                per_seq = per_sequence_loss(gsm(**batch.model_inputs()).logits, batch.labels)
+                with warnings.catch_warnings():  # frozen inputs: Opacus' hooks fire on outputs, as intended
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    per_seq.sum().backward()
+                losses.append(float(per_seq.mean().detach()))
+            else:  # an empty Poisson batch: zero per-sample gradients, the step is still noised
+                for p in params:
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+            sizes.append(len(idx))
+            if grad_masks:
+                for p, m in zip(params, grad_masks, strict=True):
+                    p.grad_sample = p.grad_sample * m
+            opt.pre_step()
+            if grad_masks:
+                for p, m in zip(params, grad_masks, strict=True):
+                    p.grad = p.grad * m
+            if sq is not None:
+                for acc, p in zip(sq, params, strict=True):
+                    acc += p.grad.detach() ** 2 / steps
+            if extra_loss is not None:
+                extra = torch.autograd.grad(extra_loss(), params, allow_unused=True)
+                for p, g, m in zip(params, extra, grad_masks or [None] * len(params), strict=True):
+                    if g is not None:
+                        p.grad = p.grad + (g if m is None else g * m)
+            base_opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+    finally:
+        gsm._close()  # removes the hooks and the per-sample gradients from the shared model
+        for p in params:
+            for attr in ("grad_sample", "summed_grad", "_processed"):
+                if hasattr(p, attr):
+                    delattr(p, attr)
+            p.grad = None
+        model.eval()
+    return DPStepResult(losses, sizes, sq)
