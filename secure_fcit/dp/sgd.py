@@ -15,6 +15,7 @@ after the noise: they touch no example, so adding them is post-processing.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ def poisson_batches(n: int, q: float, steps: int, prg: ChaCha20PRG) -> list[np.n
 class DPStepResult:
     losses: list[float]
     batch_sizes: list[int]
+    step_seconds: list[float]
     #: Mean over steps of the squared noised gradient (post-processing of released values); the
     #: EWC baseline's Fisher under DP.
     mean_sq_grad: list[torch.Tensor] | None = None
@@ -106,11 +108,12 @@ def dp_train_steps(
     sched = torch.optim.lr_scheduler.LambdaLR(
         base_opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1.0 - max(0, s - warm) / max(1, steps - warm))
     )
-    losses, sizes = [], []
+    losses, sizes, seconds = [], [], []
     sq = [torch.zeros_like(p) for p in params] if collect_sq else None
     model.train()
     try:
         for idx in poisson_batches(n, sample_rate, steps, prg):
+            t0 = time.perf_counter()
             if len(idx):
                 batch = collate_train([samples[i] for i in idx], pad_id)
                 per_seq = per_sequence_loss(gsm(**batch.model_inputs()).logits, batch.labels)
@@ -140,6 +143,7 @@ def dp_train_steps(
             base_opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            seconds.append(time.perf_counter() - t0)
     finally:
         gsm._close()  # removes the hooks and the per-sample gradients from the shared model
         for p in params:
@@ -148,4 +152,4 @@ def dp_train_steps(
                     delattr(p, attr)
             p.grad = None
         model.eval()
-    return DPStepResult(losses, sizes, sq)
+    return DPStepResult(losses, sizes, seconds, sq)

@@ -155,3 +155,9 @@ def test_the_anchor_is_written_atomically_and_names_the_head(tmp_path):
     assert state["head"] == led.journal.head and state["entries"] == 1
     assert not list((tmp_path / "client-000").glob("*.tmp"))
     assert isinstance(SpendJournal(tmp_path / "client-000" / "journal.jsonl", "client-000").head, str)
+
+
+def test_sigma_zero_is_no_privacy_and_the_cap_refuses_it(tmp_path):
+    led = _ledger(tmp_path, dp=DPConfig(enabled=True, noise_multiplier=0.0))
+    with pytest.raises(BudgetExhausted, match="inf"):
+        led.plan(0, 0, 40, 16, 1.0, 1)

@@ -110,3 +110,38 @@ def test_only_the_slot_may_be_trainable(setup):
         with pytest.raises(PrivacyError, match="exactly the slot"):
             dp_train_steps(slots.model, params[:1], samples, noise_multiplier=1.0, max_grad_norm=1.0,
                            sample_rate=0.5, steps=1, lr=0.1, pad_id=pad)
+
+
+def test_a_samples_gradient_does_not_depend_on_its_batchmates(setup):
+    """The per-sequence loss: sample 0's per-sample gradient is the same next to any other sample
+    (the HF batch-token mean would weight it by its batchmates' answer lengths)."""
+    slots, pad, samples = setup
+
+    def grads_of_first(batch_samples):
+        with slots.training(1) as params:
+            batch = collate_train(batch_samples, pad)
+            loss = per_sequence_loss(slots.model(**batch.model_inputs()).logits, batch.labels)
+            return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss[0], params)])
+
+    a = grads_of_first([samples[0], samples[1]])
+    b = grads_of_first([samples[0], samples[4]])
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_noise_comes_from_the_chacha20_stream(setup):
+    """Same ChaCha20 seed, same noise; another seed, other noise: the noise is the keystream's,
+    not torch's global generator (which is left untouched)."""
+    slots, pad, samples = setup
+    silent = [dataclasses.replace(s, labels=torch.full_like(s.labels, -100)) for s in samples]
+
+    def step(seed):
+        slots.load_slot(1, np.zeros(slots.slot_size, np.float32))
+        with slots.training(1) as params:
+            dp_train_steps(slots.model, params, silent, noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=1.0,
+                           steps=1, lr=1.0, pad_id=pad, optimizer="sgd", prg=ChaCha20PRG(seed))
+        return slots.slot_vector(1)
+
+    torch_state = torch.random.get_rng_state()
+    a, b, c = step(b"\x01" * 32), step(b"\x01" * 32), step(b"\x02" * 32)
+    assert torch.equal(torch_state, torch.random.get_rng_state())
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
