@@ -49,9 +49,13 @@ class ClientPrivacy:
 
     def _plan(self, stage: int, round: int, n_samples: int) -> RoundPlan:
         if self.ledger is None:
-            raise JournalError(f"the spend journal failed verification; no training until an operator "
-                               f"restores it: {self.error}")
+            raise JournalError(self.journal_error())
         return self.ledger.plan(stage, round, n_samples, self.batch_size, self.local_epochs, self.planned_rounds)
+
+    def journal_error(self) -> str | None:
+        if self.ledger is None:
+            return f"the spend journal failed verification; no training until an operator restores it: {self.error}"
+        return None
 
     def refuse_reason(self, stage: int, round: int, n_samples: int) -> str | None:
         try:

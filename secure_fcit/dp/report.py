@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,7 @@ def _plot(rep: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     caps = set()
@@ -227,6 +229,8 @@ def _plot(rep: dict[str, Any], path: Path) -> Path:
             caps.add(c["epsilon_max"])
     for cap in caps:
         ax.axhline(cap, color="red", ls="--", lw=1, label=f"epsilon_max {cap:g}")
+    ax.set_ylim(bottom=0)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("DP rounds the client trained")
     ax.set_ylabel("epsilon (RDP, recomputed)")
     ax.set_title(f"Privacy spend per client ({len(rep['clients'])} clients)")
@@ -238,16 +242,59 @@ def _plot(rep: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _inline(text: str) -> str:
+    """Escape, then render the Markdown this report uses inline: **bold** and `code`."""
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
+def _html(md: str, after_title: str) -> str:
+    """The report's Markdown (headings, paragraphs, bullet lists, tables) as HTML."""
+    parts: list[str] = []
+    lines = md.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append([c.strip() for c in lines[i].strip("|").split("|")])
+                i += 1
+            head, body = rows[0], [r for r in rows[1:] if not all(set(c) <= set("-:") for c in r)]
+            parts.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
+                         + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body)
+                         + "</table>")
+            continue
+        if line.startswith("- ") or line.startswith("  - "):
+            items = []
+            while i < len(lines) and (lines[i].startswith("- ") or lines[i].startswith("  - ")):
+                items.append(f"<li>{_inline(lines[i].strip()[2:])}</li>")
+                i += 1
+            parts.append("<ul>" + "".join(items) + "</ul>")
+            continue
+        if line.startswith("# "):
+            parts.append(f"<h1>{_inline(line[2:])}</h1>" + after_title)
+        elif line.startswith("## "):
+            parts.append(f"<h2>{_inline(line[3:])}</h2>")
+        elif line.strip():
+            parts.append(f"<p>{_inline(line)}</p>")
+        i += 1
+    return "\n".join(parts)
+
+
 def write_report(rep: dict[str, Any], out: Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = _markdown(rep)
     paths = [out / "REPORT.md", out / "REPORT.html", out / "REPORT.json", out / "epsilon.png"]
     paths[0].write_text(md)
-    body = html.escape(md)
     paths[1].write_text("<!doctype html><html><head><meta charset='utf-8'><title>Privacy audit report</title>"
-                        "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto}pre{white-space:pre-wrap}</style>"
-                        f"</head><body><img src='epsilon.png' alt='epsilon over rounds'><pre>{body}</pre></body></html>\n")
+                        "<style>body{font-family:sans-serif;max-width:75em;margin:2em auto;line-height:1.4}"
+                        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
+                        "td{text-align:right}td:first-child{text-align:left}</style></head><body>"
+                        + _html(md, "<p><img src='epsilon.png' alt='epsilon over rounds, per client'></p>")
+                        + "</body></html>\n")
     paths[2].write_text(json.dumps(rep, indent=1, default=str) + "\n")
     _plot(rep, paths[3])
     return paths

@@ -96,9 +96,11 @@ class SlotLearner:
                     h.remove()
 
     def refuse_reason(self, stage: int, round: int) -> str | None:
-        if self.privacy is not None:
-            return self.privacy.refuse_reason(stage, round, self.num_samples(stage))
-        return None
+        if self.privacy is None:
+            return None
+        if round < 0:  # the token phase: no DP spend, but nothing leaves without a working journal
+            return self.privacy.journal_error()
+        return self.privacy.refuse_reason(stage, round, self.num_samples(stage))
 
 
 def _flat(params: list[torch.nn.Parameter]) -> torch.Tensor:

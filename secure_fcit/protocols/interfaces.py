@@ -36,7 +36,9 @@ class Learner(Protocol):
         ...
 
     def refuse_reason(self, stage: int, round: int) -> str | None:
-        """Why this worker declines the round (e.g. privacy budget exhausted), or None."""
+        """Why this worker declines the round (e.g. privacy budget exhausted), or None.
+
+        ``round == -1`` asks about the stage's token phase (releasing the identity token)."""
         ...
 
 

@@ -192,6 +192,9 @@ class Worker:
             return []
         if self._n_samples == 0:
             return [self._reply(Refusal, message, reason=_NO_DATA)]
+        reason = self.learner.refuse_reason(message.stage, -1)  # round -1: the token phase
+        if reason is not None:
+            return [self._reply(Refusal, message, reason=str(reason)[:1000])]
         token = self._identity_token(message.stage)
         planes = simhash_planes(message.hash_seed, message.n_buckets, token.size)
         bucket = simhash_bucket(token, planes)

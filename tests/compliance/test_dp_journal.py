@@ -74,6 +74,8 @@ def test_a_tampered_journal_stops_training_until_an_operator_acts(learner, tmp_p
     restarted = ClientPrivacy(tmp_path, "client-007", DP, batch_size=4, local_epochs=1.0, lr=1e-2, planned_rounds=3)
     reason = restarted.refuse_reason(0, 1, 6)
     assert reason is not None and "failed verification" in reason
+    learner.privacy = restarted  # nor does its identity token leave (the token phase is round -1)
+    assert "failed verification" in learner.refuse_reason(1, -1)
 
 
 def test_the_round_over_the_cap_is_refused_with_the_reason(micro_model_dir, tmp_path):

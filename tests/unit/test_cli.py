@@ -37,13 +37,36 @@ def test_module_entry_point_runs():
     assert res.returncode == 0 and "demo" in res.stdout
 
 
-def test_demo_prints_tables_and_writes_files(tmp_path, monkeypatch, capsys):
-    import secure_fcit.fcit.validity as validity
-
-    from .fcit.test_validity_report import _result
-
-    monkeypatch.setattr(validity, "run_validity", lambda cfg, progress=True: _result())
-    assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 0
+def test_demo_runs_the_private_federation_and_ends_with_the_audit(tmp_path, micro_model_dir, capsys):
+    cfg = tmp_path / "demo.toml"
+    cfg.write_text(f"""
+[model]
+path = "{micro_model_dir}"
+cache_dir = "{tmp_path / 'cache'}"
+[data]
+n_train = 10
+n_test = 2
+image_size = 32
+[eval]
+batch_size = 16
+max_new_tokens = 6
+[scenario]
+kind = "cap"
+n_clients = 4
+clients_per_round = 2
+[fcit]
+rounds_per_stage = 1
+local_epochs = 1.0
+local_batch_size = 8
+slot_rank = 2
+slot_alpha = 4.0
+tau = 0.5
+n_buckets = 2
+k_min = 1
+min_open_samples = 1
+""")  # no [dp] table: the demo turns DP on with the default budget
+    assert main(["demo", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "| ocr | 0.0 | 70.0 | 30.0 |" in out and "after stage" in out
-    assert (tmp_path / "validity.json").is_file() and (tmp_path / "finetune_matrix.png").is_file()
+    assert "DP-SGD per client (epsilon_max 8, delta 1e-05)" in out and "privacy audit: " in out
+    assert (tmp_path / "run" / "audit" / "REPORT.html").is_file()
+    assert list((tmp_path / "run" / "privacy").glob("client-*/journal.jsonl"))
