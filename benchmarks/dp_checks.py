@@ -58,9 +58,11 @@ def _slots(ws, cfg: Config) -> SlotLoRA:
 def clipping(slots, samples, pad, C=0.05) -> dict:
     with slots.training(1) as params:
         manual = [torch.zeros_like(p) for p in params]
-        for s in samples:
-            b = collate_train([s], pad)
-            grads = torch.autograd.grad(per_sequence_loss(slots.model(**b.model_inputs()).logits, b.labels).sum(), params)
+        # The same padded batch as DP-SGD's forward; then each sample's own loss, one at a time.
+        b = collate_train(samples, pad)
+        losses = per_sequence_loss(slots.model(**b.model_inputs()).logits, b.labels)
+        for i in range(len(samples)):
+            grads = torch.autograd.grad(losses[i], params, retain_graph=True)
             norm = float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
             for acc, g in zip(manual, grads, strict=True):
                 acc += g * min(1.0, C / (norm + 1e-6))

@@ -13,7 +13,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 
-__all__ = ["ChaCha20PRG"]
+__all__ = ["ChaCha20PRG", "expand_mask"]
 
 _CHUNK = 1 << 20  # keystream bytes per encryptor call
 
@@ -57,3 +57,8 @@ class ChaCha20PRG:
         r = np.sqrt(-2.0 * np.log(u1))
         z = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)])
         return z[:n]
+
+
+def expand_mask(seed: bytes, n: int) -> np.ndarray:
+    """A pairwise or self mask: ``n`` uint32 values from the ChaCha20 stream of a 256-bit seed."""
+    return ChaCha20PRG(seed).uint32(n)
