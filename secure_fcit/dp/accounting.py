@@ -58,25 +58,31 @@ def _covered(history: Sequence[Mechanism]) -> list[Mechanism]:
     return [(float(s), float(q), int(t)) for s, q, t in history if t > 0]
 
 
-def rdp_epsilon(history: Sequence[Mechanism], delta: float) -> float:
-    """Epsilon of ``history`` at ``delta`` under RDP (Opacus' analysis at its default orders)."""
+def _prepared(history: Sequence[Mechanism]) -> tuple[list[Mechanism], float | None]:
+    """The steps that count, and epsilon when it needs no accountant (0 with no steps, inf with
+    a noiseless one)."""
     _check(history)
     hist = _covered(history)
     if not hist:
-        return 0.0
+        return hist, 0.0
     if any(s == 0 for s, _, _ in hist):
-        return math.inf
+        return hist, math.inf
+    return hist, None
+
+
+def rdp_epsilon(history: Sequence[Mechanism], delta: float) -> float:
+    """Epsilon of ``history`` at ``delta`` under RDP (Opacus' analysis at its default orders)."""
+    hist, trivial = _prepared(history)
+    if trivial is not None:
+        return trivial
     return _spent(sum(_rdp_vector(s, q, t, False) for s, q, t in hist), delta, False)
 
 
 def prv_epsilon(history: Sequence[Mechanism], delta: float, eps_error: float = PRV_EPS_ERROR) -> float:
     """Epsilon upper bound of ``history`` at ``delta`` under the PRV accountant (Gopi et al. 2021)."""
-    _check(history)
-    hist = _covered(history)
-    if not hist:
-        return 0.0
-    if any(s == 0 for s, _, _ in hist):
-        return math.inf
+    hist, trivial = _prepared(history)
+    if trivial is not None:
+        return trivial
     acc = PRVAccountant()
     acc.history = hist
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):

@@ -14,6 +14,7 @@ from secure_fcit.dp.journal import read_journal
 from secure_fcit.dp.report import audit
 from secure_fcit.fcit.simulate import run_simulation, write_simulation
 from tests.integration.test_simulate import micro_config
+from tests.micro import write_micro_toml
 
 
 def dp_config(model_dir, cache, strategy="disco", kind="cap", **dp):
@@ -69,34 +70,7 @@ def test_the_cap_refuses_rounds_and_the_federation_goes_on(micro_model_dir, dp_c
 
 
 def test_simulate_cli_with_dp_writes_the_audit_report(micro_model_dir, dp_cache, tmp_path, capsys):
-    cfg_path = tmp_path / "c.toml"
-    cfg_path.write_text(f"""
-[model]
-path = "{micro_model_dir}"
-cache_dir = "{dp_cache}"
-[data]
-n_train = 10
-n_test = 2
-image_size = 32
-[eval]
-batch_size = 16
-max_new_tokens = 6
-[scenario]
-kind = "cap"
-n_clients = 4
-clients_per_round = 2
-[fcit]
-strategy = "disco"
-rounds_per_stage = 1
-local_epochs = 1.0
-local_batch_size = 8
-slot_rank = 2
-slot_alpha = 4.0
-tau = 0.5
-n_buckets = 2
-k_min = 1
-min_open_samples = 1
-""")
+    cfg_path = write_micro_toml(tmp_path / "c.toml", micro_model_dir, dp_cache, 'strategy = "disco"')
     out = tmp_path / "run"
     assert main(["simulate", "--config", str(cfg_path), "--dp", "--epsilon", "4", "--out", str(out),
                  "--no-progress", "--quiet"]) == 0

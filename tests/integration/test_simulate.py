@@ -12,6 +12,7 @@ from secure_fcit.config import config_from_dict
 from secure_fcit.errors import ConfigError
 from secure_fcit.fcit.predict import load_state, predict
 from secure_fcit.fcit.simulate import run_simulation, write_simulation
+from tests.micro import write_micro_toml
 
 
 def micro_config(model_dir, cache, strategy="disco", setting="hom", kind="task", **fcit):
@@ -102,30 +103,7 @@ def test_het_stream_records_small_cohort_releases(micro_model_dir, sim_cache):
 
 
 def test_simulate_command_runs_a_capability_stream(micro_model_dir, sim_cache, tmp_path, capsys):
-    config = tmp_path / "cap.toml"
-    config.write_text(f"""
-[model]
-path = "{micro_model_dir}"
-cache_dir = "{sim_cache}"
-[data]
-n_train = 10
-n_test = 2
-image_size = 32
-[eval]
-max_new_tokens = 6
-[scenario]
-setting = "hom"
-kind = "cap"
-n_clients = 4
-clients_per_round = 2
-[fcit]
-rounds_per_stage = 1
-local_epochs = 1.0
-local_batch_size = 8
-slot_rank = 2
-k_min = 1
-min_open_samples = 1
-""")
+    config = write_micro_toml(tmp_path / "cap.toml", micro_model_dir, sim_cache)
     out = tmp_path / "run"
     assert main(["simulate", "--config", str(config), "--strategy", "finetune", "--beta", "5", "--seed", "3",
                  "--out", str(out), "--no-progress", "--quiet"]) == 0

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from secure_fcit.cli import build_parser, main
+from tests.micro import write_micro_toml
 
 
 def test_help_lists_commands(capsys):
@@ -38,33 +39,8 @@ def test_module_entry_point_runs():
 
 
 def test_demo_runs_the_private_federation_and_ends_with_the_audit(tmp_path, micro_model_dir, capsys):
-    cfg = tmp_path / "demo.toml"
-    cfg.write_text(f"""
-[model]
-path = "{micro_model_dir}"
-cache_dir = "{tmp_path / 'cache'}"
-[data]
-n_train = 10
-n_test = 2
-image_size = 32
-[eval]
-batch_size = 16
-max_new_tokens = 6
-[scenario]
-kind = "cap"
-n_clients = 4
-clients_per_round = 2
-[fcit]
-rounds_per_stage = 1
-local_epochs = 1.0
-local_batch_size = 8
-slot_rank = 2
-slot_alpha = 4.0
-tau = 0.5
-n_buckets = 2
-k_min = 1
-min_open_samples = 1
-""")  # no [dp] table: the demo turns DP on with the default budget
+    # no [dp] table: the demo turns DP on with the default budget
+    cfg = write_micro_toml(tmp_path / "demo.toml", micro_model_dir, tmp_path / "cache")
     assert main(["demo", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "DP-SGD per client (epsilon_max 8, delta 1e-05)" in out and "privacy audit: " in out
