@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from .errors import SecureFCITError
@@ -48,7 +49,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     dp = cfg.dp
     print(f"secure-fcit demo: {cfg.fcit.strategy} federation on {cfg.scenario.setting}-{cfg.scenario.kind}, "
           f"{cfg.scenario.n_clients} clients, DP-SGD per client (epsilon_max {dp.epsilon:g}, delta {dp.delta:g})")
-    return _simulate_and_report(cfg, Path(args.out), progress=not args.no_progress, quiet=False)
+    # A fresh folder per run: the clients' ledgers in an old one would carry their spend over.
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    print(f"output: {out}")
+    return _simulate_and_report(cfg, out, progress=not args.no_progress, quiet=False)
 
 
 def _simulate_and_report(cfg, out: Path, progress: bool, quiet: bool) -> int:
@@ -154,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the main job on the embedded default model")
     demo.add_argument("--config", help="TOML config (default: built-in defaults)")
     demo.add_argument("--seed", type=int, help="override the config's seed")
-    demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    demo.add_argument("--out", help="output directory (default: a new runs/demo-<date>-<time>)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(func=_cmd_demo)
 
