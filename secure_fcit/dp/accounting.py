@@ -86,7 +86,7 @@ def prv_epsilon(history: Sequence[Mechanism], delta: float, eps_error: float = P
     acc = PRVAccountant()
     acc.history = hist
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore")  # log(0) at q = 1, and the RDP order warnings of its domain bound
         return float(acc.get_epsilon(delta=delta, eps_error=eps_error))
 
 
