@@ -205,8 +205,10 @@ def _markdown(rep: dict[str, Any]) -> str:
     out.append(f"- small-cohort releases (fewer than k_min contributors) applied by the coordinator: "
                f"{sum(1 for r in kmin if r.get('applied'))} of {len(kmin)} recorded")
     for r in kmin:
-        out.append(f"  - stage {r.get('stage', 0) + 1}, round {r.get('round')}, {r.get('phase')} {r.get('index')}: "
-                   f"{r.get('clients')} client(s), applied={r.get('applied')}, dp={r.get('dp')}")
+        when = "token phase" if r.get("round") == -1 else f"round {r.get('round')}"
+        what = "bucket" if r.get("phase") == "token" else "slot"
+        out.append(f"  - stage {r.get('stage', 0) + 1}, {when}, {what} {r.get('index')}: {r.get('clients')} client(s), "
+                   f"policy {r.get('policy')}, {'applied' if r.get('applied') else 'withheld'}")
     if rep["refusals"]:
         out += ["", "## Rounds clients refused", ""]
         out += [f"- stage {r['stage'] + 1}, round {r['round']}: {r['client']}: {r['reason']}" for r in rep["refusals"]]
