@@ -140,7 +140,6 @@ def step_time(slots, samples, pad, steps: int, lr: float) -> dict:
         opt = torch.optim.AdamW(params, lr=lr)
         plain = []
         slots.model.train()
-        batch = collate_train(samples, pad)
         for _ in range(steps + 3):
             t0 = time.perf_counter()
             b = collate_train(samples, pad)
@@ -151,7 +150,6 @@ def step_time(slots, samples, pad, steps: int, lr: float) -> dict:
             opt.zero_grad(set_to_none=True)
             plain.append(time.perf_counter() - t0)
         slots.model.eval()
-        del batch
     dp_med, plain_med = statistics.median(dp), statistics.median(plain[3:])
     return {"batch": len(samples), "steps": steps, "dp_median_s": dp_med, "plain_median_s": plain_med,
             "ratio": dp_med / plain_med, "threads": torch.get_num_threads()}

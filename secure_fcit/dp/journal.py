@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import JournalError
 
-__all__ = ["SpendJournal", "genesis", "entry_hash", "read_journal", "atomic_write_json"]
+__all__ = ["SpendJournal", "genesis", "entry_hash", "read_journal", "check_anchor", "atomic_write_json"]
 
 VERSION = 1
 #: Every entry carries these; DP entries add sigma, C, q, steps and the epsilons.
@@ -100,6 +100,29 @@ def read_journal(path: Path, client_id: str | None = None) -> list[dict[str, Any
         prev = entry["hash"]
         entries.append(entry)
     return entries
+
+
+def check_anchor(state_path: Path, journal_path: Path, entries: list[dict[str, Any]], client_id: str) -> int | None:
+    """Check a verified journal against the entry count and head hash saved after its last append.
+
+    Returns the count the anchor names (None when there is no anchor file); raises `JournalError`
+    when the journal is shorter than that, or its entry there is not the one written.
+    """
+    if not state_path.exists():
+        return None
+    try:
+        state = json.loads(state_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise JournalError(f"{state_path}: not JSON ({exc.msg})") from None
+    if state.get("client") != client_id:
+        raise JournalError(f"{state_path} belongs to client {state.get('client')!r}, not {client_id!r}")
+    n = state.get("entries", 0)
+    if len(entries) < n:
+        raise JournalError(f"{journal_path}: {len(entries)} entries, but {n} were written "
+                           "(lines were removed from its end)")
+    if n and entries[n - 1]["hash"] != state.get("head"):
+        raise JournalError(f"{journal_path}: entry {n - 1} differs from the one written (rewritten journal)")
+    return n
 
 
 class SpendJournal:

@@ -9,7 +9,6 @@ a crash in between over-counts, never under-counts.
 from __future__ import annotations
 
 import builtins
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -17,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DPConfig
-from ..errors import BudgetExhausted, JournalError, PrivacyError
+from ..errors import BudgetExhausted, PrivacyError
 from .accounting import Mechanism, derive_noise_multiplier, epsilon, prv_epsilon, rdp_epsilon
-from .journal import SpendJournal, atomic_write_json, read_journal
+from .journal import SpendJournal, atomic_write_json, check_anchor
 
 __all__ = ["RoundPlan", "PrivacyLedger", "client_dir"]
 
@@ -58,25 +57,10 @@ class PrivacyLedger:
 
     # --- state ---------------------------------------------------------------------------------
     def _check_anchor(self) -> None:
-        if not self.state_path.exists():
-            if len(self.journal):
-                # Journal entries with no state file: a crash before the first state save, or a
-                # deleted state file. The journal is the truth; the state is rebuilt from it.
-                self._save_state()
-            return
-        try:
-            state = json.loads(self.state_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise JournalError(f"{self.state_path}: not JSON ({exc.msg})") from None
-        if state.get("client") != self.client_id:
-            raise JournalError(f"{self.state_path} belongs to client {state.get('client')!r}, not {self.client_id!r}")
-        n, head = state.get("entries", 0), state.get("head")
-        if len(self.journal) < n:
-            raise JournalError(f"{self.journal.path}: {len(self.journal)} entries, but {n} were written "
-                               "(lines were removed from its end)")
-        if n and self.journal.entries[n - 1]["hash"] != head:
-            raise JournalError(f"{self.journal.path}: entry {n - 1} differs from the one written (rewritten journal)")
-        if len(self.journal) > n:  # crash after an append, before the state save: catch up
+        n = check_anchor(self.state_path, self.journal.path, self.journal.entries, self.client_id)
+        # No state file (a crash before the first save, or a deleted one) or fewer entries in it
+        # (a crash after an append, before the save): the journal is the truth; catch up.
+        if len(self.journal) > (n or 0):
             self._save_state()
 
     def _save_state(self) -> None:
@@ -163,7 +147,3 @@ def _finite(x: float) -> float | str:
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
-
-def load_entries(path: Path) -> list[dict[str, Any]]:
-    """A journal's verified entries (for the audit report)."""
-    return read_journal(path)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import JournalError, PrivacyError
 from .accounting import PRV_EPS_ERROR, prv_epsilon, rdp_epsilon
-from .journal import read_journal
+from .journal import check_anchor, read_journal
 
 __all__ = ["audit", "write_report", "find_journals", "MISMATCH_TOLERANCE"]
 
@@ -45,28 +45,18 @@ def find_journals(state: Path) -> list[Path]:
 
 
 def _verify(path: Path) -> tuple[list[dict[str, Any]], str]:
+    """The journal's entries and "verified", or what is wrong with it (the ledger's own checks)."""
     try:
         entries = read_journal(path)
+        if entries:
+            check_anchor(path.with_name("accountant.json"), path, entries, entries[0]["client"])
     except JournalError as exc:
         return [], f"FAILED: {exc}"
-    anchor = path.with_name("accountant.json")
-    if anchor.exists():
-        try:
-            state = json.loads(anchor.read_text())
-        except json.JSONDecodeError:
-            return entries, f"FAILED: {anchor} is not JSON"
-        n = state.get("entries", 0)
-        if entries and state.get("client") != entries[0]["client"]:
-            return entries, f"FAILED: {anchor} belongs to client {state.get('client')!r}"
-        if len(entries) < n:
-            return entries, f"FAILED: {len(entries)} entries but {n} were written (lines removed from the end)"
-        if n and entries[n - 1]["hash"] != state.get("head"):
-            return entries, f"FAILED: entry {n - 1} differs from the one written"
     return entries, "verified"
 
 
-def _client_report(path: Path, progress_cb: Callable[[], None] | None = None) -> dict[str, Any]:
-    entries, status = _verify(path)
+def _client_report(path: Path, entries: list[dict[str, Any]], status: str,
+                   progress_cb: Callable[[], None] | None = None) -> dict[str, Any]:
     client = entries[0]["client"] if entries else path.parent.name
     dp = [e for e in entries if e["kind"] == "dp-sgd"]
     history: list[tuple[float, float, int]] = []
@@ -126,15 +116,10 @@ def _run_metrics(state: Path) -> dict[str, Any] | None:
 def audit(state: Path, progress: bool = True) -> dict[str, Any]:
     """Verify and recompute every journal under ``state``; returns the report as data."""
     state = Path(state)
-    journals = find_journals(state)
-    total = 0
-    for j in journals:  # for the progress bar only; verification happens in _client_report
-        try:
-            total += sum(1 for e in read_journal(j) if e["kind"] == "dp-sgd")
-        except JournalError:
-            pass
+    verified = [(j, *_verify(j)) for j in find_journals(state)]
+    total = sum(1 for _, entries, _ in verified for e in entries if e["kind"] == "dp-sgd")
     bar = tqdm(total=total, desc="recomputing epsilon", unit="entry", disable=not progress, leave=False)
-    clients = [_client_report(j, lambda: bar.update(1)) for j in journals]
+    clients = [_client_report(j, entries, status, lambda: bar.update(1)) for j, entries, status in verified]
     bar.close()
     metrics = _run_metrics(state) if state.is_dir() else None
     return {

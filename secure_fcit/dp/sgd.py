@@ -29,6 +29,7 @@ from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processe
 from ..crypto.prg import ChaCha20PRG
 from ..errors import PrivacyError
 from ..model.chat import EncodedSample, collate_train, per_sequence_loss
+from ..model.train import warmup_linear_decay
 
 __all__ = ["ChaChaDPOptimizer", "DPStepResult", "dp_train_steps", "poisson_batches"]
 
@@ -104,10 +105,7 @@ def dp_train_steps(
     opt = ChaChaDPOptimizer(base_opt, prg=prg, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                             expected_batch_size=expected, loss_reduction="mean")
     # ``expected_batch_size`` is used as a float divisor: the mean over the *expected* q*n.
-    warm = max(1, int(0.05 * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        base_opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1.0 - max(0, s - warm) / max(1, steps - warm))
-    )
+    sched = warmup_linear_decay(base_opt, steps)
     losses, sizes, seconds = [], [], []
     sq = [torch.zeros_like(p) for p in params] if collect_sq else None
     model.train()

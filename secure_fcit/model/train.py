@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from .chat import EncodedSample, collate_train, per_sequence_loss
 
-__all__ = ["TrainSpec", "train_steps"]
+__all__ = ["TrainSpec", "train_steps", "warmup_linear_decay"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,14 @@ class TrainSpec:
                 f"training needs epochs > 0, batch_size >= 1 and lr > 0 (got {self.epochs}, "
                 f"{self.batch_size}, {self.lr})"
             )
+
+
+def warmup_linear_decay(opt: torch.optim.Optimizer, steps: int, warmup_frac: float = 0.05):
+    """Linear warm-up over ``warmup_frac`` of ``steps``, then linear decay to 0 (both trainers)."""
+    warm = max(1, int(warmup_frac * steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1.0 - max(0, s - warm) / max(1, steps - warm))
+    )
 
 
 def train_steps(
@@ -56,10 +64,7 @@ def train_steps(
     bs = min(spec.batch_size, n)
     steps = max(1, int(round(spec.epochs * n / bs)))
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    warm = max(1, int(spec.warmup_frac * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1.0 - max(0, s - warm) / max(1, steps - warm))
-    )
+    sched = warmup_linear_decay(opt, steps, spec.warmup_frac)
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     pos = 0
