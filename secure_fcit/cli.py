@@ -15,9 +15,10 @@ import argparse
 import logging
 import sys
 import time
+import tomllib
 from pathlib import Path
 
-from .errors import SecureFCITError
+from .errors import ConfigError, SecureFCITError
 
 __all__ = ["main", "build_parser"]
 
@@ -61,8 +62,9 @@ def _simulate_and_report(cfg, out: Path, progress: bool, quiet: bool) -> int:
 
     sc = cfg.scenario
     privacy = out / "privacy" if cfg.dp.enabled else None
+    decryptions = out / "decryptions.jsonl" if cfg.privacy.aggregation == "ckks" else None
     result = run_simulation(cfg, progress=progress, log=(lambda m: None) if quiet else
-                            (lambda m: print(m, file=sys.stderr)), privacy_dir=privacy)
+                            (lambda m: print(m, file=sys.stderr)), privacy_dir=privacy, decryption_log=decryptions)
     written = write_simulation(result, cfg, out)
     s = result.summary
     print(f"{cfg.fcit.strategy} {sc.setting}-{sc.kind} beta={sc.beta:g} seed={cfg.seed}"
@@ -120,12 +122,34 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from .config import load_config
 
     flags = {"fcit.strategy": args.strategy, "scenario.beta": args.beta, "seed": args.seed,
-             "dp.enabled": True if args.dp else None, "dp.epsilon": args.epsilon, "dp.delta": args.delta}
-    cfg = load_config(args.config, {k: v for k, v in flags.items() if v is not None})
+             "dp.enabled": True if args.dp else None, "dp.epsilon": args.epsilon, "dp.delta": args.delta,
+             "privacy.aggregation": args.aggregation}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    for item in args.set or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (a TOML value), got {item!r}")
+        try:
+            overrides[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(f"--set {key}: {raw!r} is not a TOML value (quote strings: key='\"text\"')") from None
+    cfg = load_config(args.config, overrides)
     sc = cfg.scenario
     dp = f"-dp{cfg.dp.epsilon:g}" if cfg.dp.enabled else ""
-    out = Path(args.out or f"runs/{sc.setting}-{sc.kind}-{cfg.fcit.strategy}-b{sc.beta:g}-s{cfg.seed}{dp}")
+    agg = "" if cfg.privacy.aggregation == "masking" else f"-{cfg.privacy.aggregation}"
+    out = Path(args.out or f"runs/{sc.setting}-{sc.kind}-{cfg.fcit.strategy}-b{sc.beta:g}-s{cfg.seed}{dp}{agg}")
     return _simulate_and_report(cfg, out, progress=not args.no_progress, quiet=args.quiet)
+
+
+def _cmd_keys_init(args: argparse.Namespace) -> int:
+    from .protocols.ckks import write_keys
+
+    secret, public = write_keys(args.out)
+    print(f"secret context (clients only, mode 0600): {secret} ({secret.stat().st_size} bytes)")
+    print(f"public context (coordinator; no secret, Galois or relinearization keys): {public} "
+          f"({public.stat().st_size} bytes)")
+    print(f"set privacy.ckks_keys = \"{Path(args.out)}\" for the simulation")
+    return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -187,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--dp", action="store_true", help="DP-SGD per client (sets dp.enabled)")
     sim.add_argument("--epsilon", type=float, help="override dp.epsilon (the per-client cap)")
     sim.add_argument("--delta", type=float, help="override dp.delta")
+    sim.add_argument("--aggregation", choices=("masking", "ckks", "plaintext"),
+                     help="override privacy.aggregation (plaintext is the INSECURE research aggregator)")
+    sim.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override any config key with a TOML value, e.g. --set fcit.policy='\"allow\"'")
     sim.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sim.add_argument("--quiet", action="store_true", help="no per-stage log lines")
     sim.set_defaults(func=_cmd_simulate)
@@ -197,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--out", help="report folder (default: <state>/audit)")
     aud.add_argument("--no-progress", action="store_true", help="hide progress bars")
     aud.set_defaults(func=_cmd_audit)
+
+    keys = sub.add_parser("keys", help="CKKS key ceremony (privacy.aggregation = \"ckks\")")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    init = keys_sub.add_parser(
+        "init", help="create the secret context for clients (0600) and the public context for the coordinator")
+    init.add_argument("--out", required=True, help="folder for ckks-secret.ctx and ckks-public.ctx (refuses to overwrite)")
+    init.set_defaults(func=_cmd_keys_init)
 
     pred = sub.add_parser("predict", help="answer a question about an image with a trained state")
     pred.add_argument("--state", required=True, help="a run's state/ directory")

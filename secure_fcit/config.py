@@ -18,6 +18,7 @@ from .errors import ConfigError
 
 __all__ = [
     "DPConfig",
+    "PrivacyConfig",
     "FCITConfig",
     "STRATEGIES",
     "ModelConfig",
@@ -143,7 +144,6 @@ class ScenarioConfig:
 
 
 STRATEGIES: tuple[str, ...] = ("disco", "finetune", "fedprox", "ewc", "olora")
-AGGREGATORS: tuple[str, ...] = ("plaintext",)
 
 
 @dataclass(frozen=True)
@@ -153,8 +153,6 @@ class FCITConfig:
     #: "disco" (DKO + SSA), or a baseline on the same round machines: "finetune" (FedAvg of one
     #: LoRA), "fedprox", "ewc" (federated Fisher), "olora" (orthogonal subspace per stage).
     strategy: str = "disco"
-    #: "plaintext" is the insecure research aggregator: the coordinator sees every vector.
-    aggregator: str = "plaintext"
     rounds_per_stage: int = 5
     local_epochs: float = 5.0
     local_batch_size: int = 16
@@ -167,7 +165,8 @@ class FCITConfig:
     tau: float = 0.9
     k_min: int = 2
     #: Small-cohort releases (a slot or bucket summed over fewer than k_min clients): "refuse",
-    #: "allow-with-dp", "allow", or "auto" (= "allow" for plaintext, "allow-with-dp" for secure sums).
+    #: "allow-with-dp", "allow", or "auto" (= "allow" for plaintext aggregation, "allow-with-dp"
+    #: for secure sums; see ``privacy.aggregation``).
     policy: str = "auto"
     n_buckets: int = 16
     #: An unmatched token bucket opens a new slot only with this many samples behind it.
@@ -182,8 +181,6 @@ class FCITConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"fcit.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        if self.aggregator not in AGGREGATORS:
-            raise ConfigError(f"fcit.aggregator must be one of {', '.join(AGGREGATORS)}, got {self.aggregator!r}")
         for name in ("rounds_per_stage", "local_batch_size", "slot_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"fcit.{name} must be >= 1, got {getattr(self, name)}")
@@ -202,22 +199,70 @@ class FCITConfig:
         if min(self.fedprox_mu, self.ewc_lambda, self.olora_lambda) < 0:
             raise ConfigError("fcit.fedprox_mu, fcit.ewc_lambda and fcit.olora_lambda must be >= 0")
 
-    def dko(self):
-        """The ``fcit.dko.DKOConfig`` these settings give."""
+    def dko(self, aggregation: str = "masking"):
+        """The ``fcit.dko.DKOConfig`` these settings give under ``aggregation``."""
         from .fcit.dko import DKOConfig
 
         try:
-            return DKOConfig(tau=self.tau, max_slots=self.max_slots, k_min=self.k_min, policy=self.release_policy,
-                             n_buckets=self.n_buckets, min_open_samples=self.min_open_samples)
+            return DKOConfig(tau=self.tau, max_slots=self.max_slots, k_min=self.k_min,
+                             policy=self.release_policy(aggregation), n_buckets=self.n_buckets,
+                             min_open_samples=self.min_open_samples)
         except ConfigError as exc:
             raise ConfigError(f"fcit: {exc}") from None
 
-    @property
-    def release_policy(self) -> str:
-        """The k_min policy in force: "auto" resolved for the configured aggregator."""
+    def release_policy(self, aggregation: str) -> str:
+        """The k_min policy in force: "auto" resolved for the aggregation in use."""
         if self.policy != "auto":
             return self.policy
-        return "allow" if self.aggregator == "plaintext" else "allow-with-dp"
+        return "allow" if aggregation == "plaintext" else "allow-with-dp"
+
+
+AGGREGATIONS: tuple[str, ...] = ("masking", "ckks", "plaintext")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """How client vectors are protected on their way to the coordinator (secure aggregation)."""
+
+    #: "masking" (pairwise masks, the default), "ckks" (TenSEAL homomorphic encryption), or
+    #: "plaintext": the INSECURE research aggregator, where the coordinator sees every vector.
+    aggregation: str = "masking"
+    #: Masking: t = floor(threshold x neighbourhood) + 1 shares rebuild a secret.
+    threshold: float = 2 / 3
+    #: Masking: 0 = complete neighbour graph; an even k = random k-regular (Harary) graph.
+    degree: int = 0
+    #: Masking: fixed-point clip range of every contributed value (weights, counts included).
+    bound: float = 32768.0
+    #: Masking: the fewest fractional bits a round may use; larger cohorts are refused.
+    min_frac_bits: int = 8
+    #: CKKS: folder of ``keys init`` (``ckks-secret.ctx`` for clients, ``ckks-public.ctx`` for the
+    #: coordinator); empty = the simulation makes a fresh pair in memory.
+    ckks_keys: str = ""
+    #: CKKS: the decryptor refuses aggregates of fewer contributions.
+    ckks_k_min: int = 2
+    #: CKKS: decryption noise flooding, std = 2^bits x the estimated CKKS error.
+    ckks_flood_bits: int = 2
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(
+                f"privacy.aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}"
+            )
+        self.masking()
+        self.ckks()
+
+    def masking(self):
+        """The ``protocols.secagg.MaskingParams`` of these settings."""
+        from .protocols.secagg import MaskingParams
+
+        return MaskingParams(threshold=self.threshold, degree=self.degree, bound=self.bound,
+                             min_frac_bits=self.min_frac_bits)
+
+    def ckks(self):
+        """The ``protocols.ckks.CKKSParams`` of these settings."""
+        from .protocols.ckks import CKKSParams
+
+        return CKKSParams(k_min=self.ckks_k_min, flood_bits=self.ckks_flood_bits)
 
 
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
@@ -268,6 +313,7 @@ class Config:
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     fcit: FCITConfig = field(default_factory=FCITConfig)
     dp: DPConfig = field(default_factory=DPConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -278,6 +324,17 @@ class Config:
                 f"fcit.k_min ({fc.k_min}) exceeds scenario.clients_per_round ({sc.clients_per_round}): "
                 "no round could ever release a slot"
             )
+        if self.privacy.aggregation == "masking":
+            try:  # the largest sum: a stage's token phase over every client
+                self.privacy.masking().check_cohort(sc.n_clients)
+            except ConfigError as exc:
+                raise ConfigError(f"privacy: {exc}") from None
+        if self.privacy.aggregation == "ckks" and sc.clients_per_round < self.privacy.ckks_k_min:
+            raise ConfigError(
+                f"privacy.ckks_k_min ({self.privacy.ckks_k_min}) exceeds scenario.clients_per_round "
+                f"({sc.clients_per_round}): no round could be decrypted"
+            )
+        self.fcit.dko(self.privacy.aggregation)
         units = 8 if sc.kind == "task" else 4
         if fc.strategy == "disco" and fc.max_slots < units:
             raise ConfigError(

@@ -13,7 +13,6 @@ which ``fcit.predict`` loads to answer prompts with SSA routing.
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections.abc import Callable
@@ -33,7 +32,8 @@ from ..errors import ConfigError
 from ..model.encoder import load_encoder
 from ..model.slots import SlotLoRA
 from ..model.train import TrainSpec
-from ..protocols import Coordinator, PlaintextAggregator, PlaintextClient, Worker, run_federation
+from ..protocols import Coordinator, Worker, run_federation
+from ..protocols.factory import build_aggregation
 from ..protocols.interfaces import ScenarioSchedule
 from .dko import DKOOrganizer
 from .learner import EWCLearner, FedProxLearner, OLoRALearner, SlotLearner
@@ -100,7 +100,7 @@ def build_slots(model: torch.nn.Module, layout: dict[str, Any]) -> SlotLoRA:
 
 def _organizer(config: Config, dim: int, slots: SlotLoRA, layout: dict[str, Any]):
     fc = config.fcit
-    dko = replace(fc.dko(), max_slots=layout["max_slots"])
+    dko = replace(fc.dko(config.privacy.aggregation), max_slots=layout["max_slots"])
     p, parts = slots.slot_size, layout["parts"]
 
     def init(slot: int) -> np.ndarray:
@@ -177,8 +177,11 @@ def _evaluator(config: Config, ws: Workspace, slots: SlotLoRA, encoder) -> Calla
 
 
 def run_simulation(config: Config, progress: bool = True, log: Callable[[str], None] = print,
-                   privacy_dir: Path | None = None) -> SimulationResult:
+                   privacy_dir: Path | None = None, decryption_log: Path | None = None) -> SimulationResult:
     """Run the configured strategy over the configured FCIT stream; see the module docstring.
+
+    Under CKKS every decryption is logged (JSON lines) to ``decryption_log``, by default
+    ``privacy_dir/decryptions.jsonl`` when there is a ``privacy_dir``.
 
     With ``dp.enabled`` every client trains with DP-SGD and keeps its spend journal and accountant
     under ``privacy_dir/<client id>/`` (required then; an existing ledger is continued, never reset).
@@ -198,12 +201,17 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
     organizer = _organizer(config, encoder.dim, slots, layout)
     learners = _learners(config, ws, scenario, slots, encoder, privacy_dir)
     fed_id = f"sim-{sc.setting}-{sc.kind}-{fc.strategy}"
+    aggregation = build_aggregation(
+        config.privacy, [_client_id(c) for c in learners],
+        decryption_log=decryption_log or (None if privacy_dir is None else privacy_dir / "decryptions.jsonl"),
+    )
     coordinator = Coordinator(
-        fed_id, ScenarioSchedule(scenario, _client_id), functools.partial(PlaintextAggregator, min_contributors=1),
+        fed_id, ScenarioSchedule(scenario, _client_id), aggregation.factory,
         organizer, organizer.slot_size, fc.rounds_per_stage, np.random.default_rng(config.seed),
         dp=config.dp.enabled,
     )
-    workers = [Worker(fed_id, _client_id(c), learner, PlaintextClient()) for c, learner in learners.items()]
+    workers = [Worker(fed_id, _client_id(c), learner, aggregation.clients[_client_id(c)])
+               for c, learner in learners.items()]
     evaluate = _evaluator(config, ws, slots, encoder)
     stage_tasks = [list(stage.tasks) for stage in scenario.stages]
     matrix: list[list[float | None]] = []
@@ -214,7 +222,7 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
     clock = {"t": time.perf_counter(), "applied": 0}
     log(f"{fed_id}: {len(workers)} workers, {n_stages} stages x {fc.rounds_per_stage} rounds, "
         f"slot size {organizer.slot_size}")
-    log("aggregation: plaintext, the INSECURE research aggregator (the coordinator sees every vector)")
+    log(f"aggregation: {aggregation.description}")
     if config.dp.enabled:
         dp = config.dp
         sigma = "derived per round" if dp.noise_multiplier is None else f"{dp.noise_multiplier:g}"

@@ -15,9 +15,10 @@ from secure_fcit.fcit.simulate import run_simulation, write_simulation
 from tests.micro import write_micro_toml
 
 
-def micro_config(model_dir, cache, strategy="disco", setting="hom", kind="task", **fcit):
+def micro_config(model_dir, cache, strategy="disco", setting="hom", kind="task", aggregation="masking", **fcit):
     het = setting == "het"
     return config_from_dict({
+        "privacy": {"aggregation": aggregation},
         "model": {"path": str(model_dir), "cache_dir": str(cache)},
         "data": {"n_train": 10, "n_test": 2, "image_size": 32},
         "eval": {"batch_size": 16, "max_new_tokens": 6},
@@ -91,15 +92,30 @@ def test_a_broken_state_is_named(tmp_path):
         load_state(tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize("strategy", ["disco", "finetune", "fedprox", "ewc", "olora"])
+def test_every_strategy_runs_unchanged_under_ckks(strategy, micro_model_dir, sim_cache, tmp_path):
+    cfg = micro_config(micro_model_dir, sim_cache, strategy, kind="cap", aggregation="ckks")
+    result = run_simulation(cfg, progress=False, log=lambda m: None, privacy_dir=tmp_path / "privacy")
+    t = 4
+    assert result.events["applied"] == t * cfg.fcit.rounds_per_stage and "aborted" not in result.events
+    log = [json.loads(line) for line in (tmp_path / "privacy" / "decryptions.jsonl").read_text().splitlines()]
+    # one decryption per secure sum: a token phase per stage and every round
+    assert len(log) == t + t * cfg.fcit.rounds_per_stage
+    assert all(len(r["contributors"]) >= cfg.privacy.ckks_k_min and r["flood_std"] > 0 for r in log)
+
+
 def test_het_stream_records_small_cohort_releases(micro_model_dir, sim_cache):
     # Het stages give several tasks one client each: with k_min = 2 every such slot is a small-cohort
-    # release; the plaintext default ("auto" -> "allow") applies it and records it.
+    # release. Under secure sums "auto" means "allow-with-dp": without DP each is withheld and
+    # recorded; "allow" applies and records them.
     cfg = micro_config(micro_model_dir, sim_cache, "disco", setting="het", k_min=2)
+    assert cfg.privacy.aggregation == "masking"
     result = run_simulation(cfg, progress=False, log=lambda m: None)
-    assert result.releases and all(r["policy"] == "allow" and r["applied"] for r in result.releases)
-    refused = micro_config(micro_model_dir, sim_cache, "disco", setting="het", k_min=2, policy="refuse")
-    res2 = run_simulation(refused, progress=False, log=lambda m: None)
-    assert res2.releases and not any(r["applied"] for r in res2.releases)
+    assert result.releases and all(r["policy"] == "allow-with-dp" for r in result.releases)
+    assert not any(r["applied"] for r in result.releases)
+    allowed = micro_config(micro_model_dir, sim_cache, "disco", setting="het", k_min=2, policy="allow")
+    res2 = run_simulation(allowed, progress=False, log=lambda m: None)
+    assert res2.releases and all(r["policy"] == "allow" and r["applied"] for r in res2.releases)
 
 
 def test_simulate_command_runs_a_capability_stream(micro_model_dir, sim_cache, tmp_path, capsys):

@@ -90,6 +90,8 @@ def test_shipped_stream_configs_load(tmp_path):
     for name in ("hom-task", "het-task", "hom-cap", "het-cap"):
         cfg = load_config(root / f"{name}.toml")
         assert (cfg.scenario.setting, cfg.scenario.kind) == tuple(name.split("-"))
-        assert cfg.fcit.release_policy == "allow"  # plaintext research aggregator
+        assert cfg.privacy.aggregation == "plaintext"  # the published figures: research aggregator
+        assert cfg.fcit.release_policy(cfg.privacy.aggregation) == "allow"
+        assert cfg.fcit.release_policy("masking") == "allow-with-dp"
     cap = load_config(root / "hom-cap.toml", {"fcit.max_slots": 4})
     assert cap.fcit.max_slots == 4

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from secure_fcit.config import PrivacyConfig
 from secure_fcit.fcit.dko import DKOConfig, DKOOrganizer
 from secure_fcit.protocols import (
     Aggregate,
@@ -20,6 +21,7 @@ from secure_fcit.protocols import (
     UpdateUpload,
     Worker,
 )
+from secure_fcit.protocols.factory import build_aggregation
 
 FED = "fed-test"
 DIM = 16
@@ -114,8 +116,10 @@ def build_federation(
     samples: Callable[[str], int] | None = None,
     seed: int = 0,
     dp: bool = False,
+    aggregation: str = "plaintext",
 ) -> Federation:
-    """A federation whose stage s has the clients ``stage_tasks[s]`` (client id -> task)."""
+    """A federation whose stage s has the clients ``stage_tasks[s]`` (client id -> task), summing
+    with ``aggregation`` ("plaintext", "masking" or "ckks")."""
     ids = sorted({c for stage in stage_tasks for c in stage})
     learners = {
         c: FakeLearner(
@@ -127,17 +131,23 @@ def build_federation(
     }
     organizer = organizer or DKOOrganizer(DIM, SLOT, config or DKOConfig(n_buckets=64))
     schedule = ListSchedule([sorted(stage) for stage in stage_tasks], cohort_size)
+    if aggregation == "plaintext":
+        factory: Callable = functools.partial(PlaintextAggregator, min_contributors=min_contributors)
+        sides: dict = {c: PlaintextClient() for c in ids}
+    else:
+        built = build_aggregation(PrivacyConfig(aggregation=aggregation), ids, min_contributors=min_contributors)
+        factory, sides = built.factory, built.clients
     coordinator = Coordinator(
         FED,
         schedule,
-        functools.partial(PlaintextAggregator, min_contributors=min_contributors),
+        factory,
         organizer,
         SLOT,
         rounds,
         np.random.default_rng(seed),
         dp=dp,
     )
-    workers = [Worker(FED, c, learners[c], PlaintextClient()) for c in ids]
+    workers = [Worker(FED, c, learners[c], sides[c]) for c in ids]
     return Federation(coordinator, workers, learners, organizer)
 
 

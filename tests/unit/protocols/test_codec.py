@@ -23,6 +23,17 @@ from secure_fcit.protocols import (
     decode,
     encode,
 )
+from secure_fcit.protocols.ckks import DecryptedSum, DecryptRequest
+from secure_fcit.protocols.secagg import (
+    KeyAdvert,
+    KeyDirectory,
+    ShareDelivery,
+    ShareUpload,
+    SurvivorList,
+    SurvivorSignature,
+    UnmaskRequest,
+    UnmaskShares,
+)
 
 MAX = 1 << 20
 ids = st.from_regex(r"[A-Za-z0-9._:@/-]{1,24}", fullmatch=True)
@@ -100,10 +111,58 @@ messages = st.one_of(
 )
 
 
+def _rows(width: int):
+    return cohorts.flatmap(
+        lambda ids_: st.tuples(st.just(ids_), hnp.arrays(np.uint8, (len(ids_), width)))
+    )
+
+
+@st.composite
+def secagg_messages(draw):
+    base = {k: draw(v) for k, v in common(None).items()}
+    kind = draw(st.integers(0, 9))
+    b32, b64 = st.binary(min_size=32, max_size=32), st.binary(min_size=64, max_size=64)
+    if kind == 0:
+        return KeyAdvert(**base, transport_key=draw(b32), mask_key=draw(b32), signature=draw(b64))
+    if kind == 1:
+        members, keys = draw(_rows(128))
+        return KeyDirectory(**base, members=members, keys=keys)
+    if kind in (2, 3):
+        who, rows = draw(_rows(160))
+        if kind == 2:
+            return ShareUpload(**base, recipients=who, ciphertexts=rows)
+        return ShareDelivery(**base, senders=who, ciphertexts=rows)
+    if kind == 4:
+        return SurvivorList(**base, survivors=draw(cohorts))
+    if kind == 5:
+        return SurvivorSignature(**base, signature=draw(b64))
+    if kind == 6:
+        signers, sigs = draw(_rows(64))
+        return UnmaskRequest(**base, survivors=draw(cohorts), signers=signers, signatures=sigs)
+    if kind == 7:
+        owners, shares = draw(_rows(66))
+        return UnmaskShares(**base, seed_owners=owners, seed_shares=shares, key_owners=(),
+                            key_shares=np.zeros((0, 66), np.uint8))
+    if kind == 8:
+        contributors = draw(st.lists(ids, min_size=1, max_size=4, unique=True).map(tuple))
+        sizes = draw(st.lists(st.integers(65, 80), min_size=len(contributors), max_size=len(contributors)))
+        offsets = np.cumsum([0, *sizes]).astype(np.int64)
+        return DecryptRequest(**base, contributors=contributors,
+                              blobs=draw(hnp.arrays(np.uint8, int(offsets[-1]))), offsets=offsets,
+                              total=draw(hnp.arrays(np.uint8, st.integers(0, 8))))
+    return DecryptedSum(**base, vector=draw(hnp.arrays(np.float64, st.integers(0, 8), elements=f64)),
+                        n_contributors=draw(st.integers(1, 50)))
+
+
+messages = st.one_of(messages, secagg_messages())
+
+
 def test_every_registered_type_is_covered():
     assert set(MESSAGE_TYPES) == {
         "StageStart", "TokenUpload", "SlotPlan", "RoundStart", "UpdateUpload",
         "Refusal", "RoundEnd", "StageEnd", "Abort",
+        "KeyAdvert", "KeyDirectory", "ShareUpload", "ShareDelivery", "SurvivorList",
+        "SurvivorSignature", "UnmaskRequest", "UnmaskShares", "DecryptRequest", "DecryptedSum",
     }  # fmt: skip
 
 

@@ -1,0 +1,979 @@
+"""Pairwise masking (Bonawitz et al. 2017) with neighbour graphs (Bell et al. 2020), sans-IO.
+
+One secure sum runs five request/response stages between the coordinator (``MaskingAggregator``)
+and each cohort member (``MaskingClient``):
+
+1. **advertise**: each client makes two fresh X25519 key pairs (share transport ``c``, masks ``s``)
+   and a 256-bit self-mask seed ``b``, and sends the public keys signed with its long-term Ed25519
+   key. The coordinator sends each client the signed keys of its neighbours (``KeyDirectory``);
+   the client checks every signature against the federation's identity directory.
+2. **share**: the client Shamir-shares ``b`` and its ``s`` private key among its neighbourhood
+   (threshold t) and sends each neighbour its two shares, sealed with AES-GCM under the pairwise
+   ``c`` key; the coordinator only forwards ciphertexts (``ShareDelivery``).
+3. **masked input**: y_u = x_u + PRG(b_u) + sum over neighbours v that shared of ±PRG(s_uv) (mod 2^32),
+   where x_u is the fixed-point encoding and s_uv the X25519 + HKDF key of u and v; ``+`` if u < v.
+4. **consistency**: the coordinator announces the survivors (who sent a masked input); each client
+   signs that list. The signatures go back to every signer (``UnmaskRequest``), who checks that at
+   least t of them sign the same list it signed, so a coordinator that lies about who dropped is
+   caught.
+5. **unmask**: for each neighbour v whose shares it holds, a client reveals the share of ``b_v`` if v
+   survived, or the share of ``s_v`` if v dropped: never both, and only once per sum. With t shares
+   the coordinator rebuilds every survivor's self mask and every dropped client's pairwise masks and
+   removes them; what is left is the sum of the survivors' vectors.
+
+The neighbour graph is complete, or (``degree > 0``) a Harary graph over a permutation drawn from a
+public seed that both sides derive from the round (Bell et al.), so the coordinator cannot choose it.
+Every value the coordinator sees is a ciphertext, a public key, a signature or a masked vector
+uniform in Z_{2^32}; the sum is the only plaintext, and it goes out as an ``Aggregate``.
+Secrets (key pairs, seeds, Shamir coefficients) come from ``cryptography``/``os.urandom``/``secrets``;
+masks from ChaCha20.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from secure_fcit.crypto import shamir
+from secure_fcit.crypto.fixed_point import FixedPoint
+from secure_fcit.crypto.keys import KeyPair, SigningKey, agree, open_sealed, seal, verify
+from secure_fcit.crypto.prg import ChaCha20PRG, expand_mask
+from secure_fcit.errors import ConfigError, CryptoError, LocalProtocolError, RemoteProtocolError
+from secure_fcit.protocols.aggregation import (
+    _AGGREGATOR_KEY,
+    Aggregate,
+    AggregationRound,
+    ClientAggregator,
+    Outgoing,
+    SecureAggregator,
+    UploadFactory,
+)
+from secure_fcit.protocols.messages import (
+    COORDINATOR_ID,
+    Contribution,
+    Message,
+    TokenUpload,
+    UpdateUpload,
+    check_id,
+    check_ids,
+    register_message,
+)
+
+__all__ = [
+    "ENCODING",
+    "MaskingParams",
+    "Identity",
+    "make_identities",
+    "neighbour_graph",
+    "threshold",
+    "fixed_point_for",
+    "KeyAdvert",
+    "KeyDirectory",
+    "ShareUpload",
+    "ShareDelivery",
+    "SurvivorList",
+    "SurvivorSignature",
+    "UnmaskRequest",
+    "UnmaskShares",
+    "MaskingAggregator",
+    "MaskingClient",
+]
+
+ENCODING = "masking-u32"
+_STAGE = "secagg"
+_KEY = 32
+_SIG = 64
+_DIR_ENTRY = 2 * _KEY + _SIG
+_SHARES = 2 * shamir.SHARE_BYTES
+_SEALED = 12 + _SHARES + 16
+_U8 = ("|u1",)
+_MAX_FRAC_BITS = 24
+
+
+# ----------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class MaskingParams:
+    """Settings of the masking protocol (``[privacy]`` in the config)."""
+
+    #: t = floor(threshold * neighbourhood size) + 1 shares rebuild a secret; the neighbourhood
+    #: counts the client itself. 2/3 tolerates just under a third of each neighbourhood dropping.
+    threshold: float = 2 / 3
+    #: 0: complete graph. k > 0 (even): each client masks with k neighbours (Harary graph).
+    degree: int = 0
+    #: Fixed-point clip range: every contributed value must satisfy |x| <= bound.
+    bound: float = 32768.0
+    #: The fewest fractional bits a round may use; a cohort too large for them is refused.
+    min_frac_bits: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.threshold < 1:
+            raise ConfigError(f"privacy.threshold must be in [0.5, 1), got {self.threshold}")
+        if self.degree < 0 or self.degree % 2:
+            raise ConfigError(f"privacy.degree must be 0 (complete graph) or an even k >= 2, got {self.degree}")
+        if not 0 <= self.min_frac_bits <= _MAX_FRAC_BITS:
+            raise ConfigError(f"privacy.min_frac_bits must be in 0..{_MAX_FRAC_BITS}, got {self.min_frac_bits}")
+        try:
+            fixed_point_for(self.bound, 1, self.min_frac_bits)
+        except ConfigError as exc:
+            raise ConfigError(f"privacy.bound: {exc}") from None
+
+    def check_cohort(self, n: int) -> FixedPoint:
+        """The fixed point a cohort of ``n`` uses; ``ConfigError`` if it could wrap around."""
+        return fixed_point_for(self.bound, n, self.min_frac_bits)
+
+
+def fixed_point_for(bound: float, n: int, min_frac_bits: int) -> FixedPoint:
+    """The finest ``FixedPoint`` (most fractional bits, at most 24) that sums ``n`` values in
+    [-bound, bound] without wrapping around 2^32; refused below ``min_frac_bits``."""
+    for bits in range(_MAX_FRAC_BITS, min_frac_bits - 1, -1):
+        try:
+            fp = FixedPoint(bound, bits)
+        except ConfigError:
+            continue
+        if fp.max_contributors() >= n:
+            return fp
+    raise ConfigError(
+        f"a sum of {n} values in [-{bound:g}, {bound:g}] cannot be encoded in 32 bits with at least "
+        f"{min_frac_bits} fractional bits without wrapping; lower privacy.bound or the cohort size"
+    )
+
+
+def threshold(fraction: float, size: int) -> int:
+    """Shares needed to rebuild a secret shared among ``size`` holders."""
+    return min(size, int(np.floor(fraction * size)) + 1)
+
+
+@dataclass
+class Identity:
+    """A client's long-term Ed25519 signing key; its public half goes in the federation directory."""
+
+    client_id: str
+    signing: SigningKey
+
+    @property
+    def public(self) -> bytes:
+        return self.signing.public
+
+
+def make_identities(client_ids: Sequence[str]) -> tuple[dict[str, Identity], dict[str, bytes]]:
+    """Fresh identities for ``client_ids`` and the public directory {id: Ed25519 public key}
+    (the simulation's stand-in for enrolment; a deployment reads keys from its enrolment)."""
+    identities = {c: Identity(check_id("client id", c), SigningKey.generate()) for c in client_ids}
+    return identities, {c: i.public for c, i in identities.items()}
+
+
+def neighbour_graph(cohort: Sequence[str], binding: bytes, degree: int) -> dict[str, frozenset[str]]:
+    """Each member's neighbours (not itself). Complete for ``degree == 0`` or a small cohort, else
+    a Harary graph H(degree, n) over a permutation drawn from a public seed of the round."""
+    ids = sorted(cohort)
+    n = len(ids)
+    if degree == 0 or degree >= n - 1:
+        everyone = frozenset(ids)
+        return {u: everyone - {u} for u in ids}
+    prg = ChaCha20PRG(hashlib.sha256(binding + b"|graph").digest())  # public seed: graph is public
+    order = list(ids)
+    draws = prg.uint64(n)
+    for i in range(n - 1, 0, -1):  # Fisher-Yates
+        j = int(draws[i] % np.uint64(i + 1))
+        order[i], order[j] = order[j], order[i]
+    out: dict[str, set[str]] = {u: set() for u in ids}
+    for i, u in enumerate(order):
+        for step in range(1, degree // 2 + 1):
+            for v in (order[(i + step) % n], order[(i - step) % n]):
+                out[u].add(v)
+                out[v].add(u)
+    return {u: frozenset(v) for u, v in out.items()}
+
+
+def _binding(round_id: AggregationRound) -> bytes:
+    return json.dumps(
+        ["secure-fcit/secagg/v1", round_id.federation_id, round_id.stage, round_id.round,
+         round_id.attempt, round_id.phase],
+        separators=(",", ":"),
+    ).encode()
+
+
+def _advert_bytes(binding: bytes, sender: str, transport: bytes, mask: bytes) -> bytes:
+    return b"|".join([binding, b"advert", sender.encode(), transport, mask])
+
+
+def _survivors_bytes(binding: bytes, survivors: Sequence[str]) -> bytes:
+    return b"|".join([binding, b"survivors", json.dumps(sorted(survivors)).encode()])
+
+
+def _share_ad(binding: bytes, sender: str, recipient: str) -> bytes:
+    return b"|".join([binding, b"share", sender.encode(), recipient.encode()])
+
+
+def _pair_mask(seed_key: bytes, n: int) -> np.ndarray:
+    return expand_mask(seed_key, n)
+
+
+def _raw_private(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+
+
+# ----------------------------------------------------------------------------- messages
+def _secagg_message(cls: type) -> type:
+    return register_message(dataclass(frozen=True, eq=False, kw_only=True, repr=False)(cls))
+
+
+def _check_len(name: str, value: object, size: int) -> None:
+    if not isinstance(value, bytes) or len(value) != size:
+        raise ConfigError(f"{name} must be {size} bytes")
+
+
+def _check_rows(name: str, ids: tuple[str, ...], rows: np.ndarray, width: int) -> None:
+    if rows.shape != (len(ids), width):
+        raise ConfigError(f"{name} must have shape ({len(ids)}, {width}), got {rows.shape}")
+
+
+@_secagg_message
+class KeyAdvert(Message):
+    """Client -> coordinator: fresh public keys for this sum, signed with the long-term key."""
+
+    transport_key: bytes
+    mask_key: bytes
+    signature: bytes
+
+    def _validate(self) -> None:
+        _check_len("transport_key", self.transport_key, _KEY)
+        _check_len("mask_key", self.mask_key, _KEY)
+        _check_len("signature", self.signature, _SIG)
+
+
+@_secagg_message
+class KeyDirectory(Message):
+    """Coordinator -> client: the signed adverts of its neighbourhood (row = transport|mask|sig)."""
+
+    arrays: ClassVar[dict[str, tuple[tuple[str, ...], int]]] = {"keys": (_U8, 2)}
+    members: tuple[str, ...]
+    keys: np.ndarray
+
+    def _validate(self) -> None:
+        check_ids("members", self.members)
+        _check_rows("keys", self.members, self.keys, _DIR_ENTRY)
+
+
+@_secagg_message
+class ShareUpload(Message):
+    """Client -> coordinator: one sealed (seed share, key share) per neighbour, for forwarding."""
+
+    arrays: ClassVar[dict[str, tuple[tuple[str, ...], int]]] = {"ciphertexts": (_U8, 2)}
+    recipients: tuple[str, ...]
+    ciphertexts: np.ndarray
+
+    def _validate(self) -> None:
+        check_ids("recipients", self.recipients)
+        _check_rows("ciphertexts", self.recipients, self.ciphertexts, _SEALED)
+
+
+@_secagg_message
+class ShareDelivery(Message):
+    """Coordinator -> client: the sealed shares its neighbours made for it."""
+
+    arrays: ClassVar[dict[str, tuple[tuple[str, ...], int]]] = {"ciphertexts": (_U8, 2)}
+    senders: tuple[str, ...]
+    ciphertexts: np.ndarray
+
+    def _validate(self) -> None:
+        check_ids("senders", self.senders)
+        _check_rows("ciphertexts", self.senders, self.ciphertexts, _SEALED)
+
+
+@_secagg_message
+class SurvivorList(Message):
+    """Coordinator -> survivors: who sent a masked input (to be signed)."""
+
+    survivors: tuple[str, ...]
+
+    def _validate(self) -> None:
+        check_ids("survivors", self.survivors)
+
+
+@_secagg_message
+class SurvivorSignature(Message):
+    """Client -> coordinator: its Ed25519 signature of the survivor list."""
+
+    signature: bytes
+
+    def _validate(self) -> None:
+        _check_len("signature", self.signature, _SIG)
+
+
+@_secagg_message
+class UnmaskRequest(Message):
+    """Coordinator -> signers: the survivor list and everyone's signatures of it."""
+
+    arrays: ClassVar[dict[str, tuple[tuple[str, ...], int]]] = {"signatures": (_U8, 2)}
+    survivors: tuple[str, ...]
+    signers: tuple[str, ...]
+    signatures: np.ndarray
+
+    def _validate(self) -> None:
+        check_ids("survivors", self.survivors)
+        check_ids("signers", self.signers)
+        _check_rows("signatures", self.signers, self.signatures, _SIG)
+
+
+@_secagg_message
+class UnmaskShares(Message):
+    """Client -> coordinator: seed shares of surviving neighbours, key shares of dropped ones."""
+
+    arrays: ClassVar[dict[str, tuple[tuple[str, ...], int]]] = {
+        "seed_shares": (_U8, 2),
+        "key_shares": (_U8, 2),
+    }
+    seed_owners: tuple[str, ...]
+    seed_shares: np.ndarray
+    key_owners: tuple[str, ...]
+    key_shares: np.ndarray
+
+    def _validate(self) -> None:
+        check_ids("seed_owners", self.seed_owners)
+        check_ids("key_owners", self.key_owners)
+        if set(self.seed_owners) & set(self.key_owners):
+            raise ConfigError("a client's seed share and key share are never revealed together")
+        _check_rows("seed_shares", self.seed_owners, self.seed_shares, shamir.SHARE_BYTES)
+        _check_rows("key_shares", self.key_owners, self.key_shares, shamir.SHARE_BYTES)
+
+
+_CONTRIBUTION = {"token": TokenUpload, "update": UpdateUpload}
+
+
+def _rows(items: Sequence[bytes], width: int) -> np.ndarray:
+    if not items:
+        return np.zeros((0, width), dtype=np.uint8)
+    return np.frombuffer(b"".join(items), dtype=np.uint8).reshape(len(items), width).copy()
+
+
+# ----------------------------------------------------------------------------- common round facts
+class _Round:
+    """What both sides derive from (round, cohort, params): binding, graph, thresholds, encoding."""
+
+    def __init__(self, round_id: AggregationRound, cohort: Sequence[str], params: MaskingParams) -> None:
+        if not isinstance(round_id, AggregationRound):
+            raise ConfigError("round_id must be an AggregationRound")
+        ids = tuple(sorted(check_id("cohort member", c) for c in cohort))
+        if len(set(ids)) != len(ids):
+            raise LocalProtocolError("the cohort lists a member twice", stage=_STAGE)
+        self.round_id = round_id
+        self.cohort = ids
+        self.binding = _binding(round_id)
+        self.graph = neighbour_graph(ids, self.binding, params.degree)
+        self.x = {c: i + 1 for i, c in enumerate(ids)}  # Shamir x-coordinate of each holder
+        self.fp = params.check_cohort(len(ids))
+        self.params = params
+
+    def closed(self, u: str) -> frozenset[str]:
+        """u's neighbourhood including u: the holders of u's shares."""
+        return self.graph[u] | {u}
+
+    def t(self, u: str) -> int:
+        return threshold(self.params.threshold, len(self.closed(u)))
+
+
+# ----------------------------------------------------------------------------- client side
+class _ClientSession:
+    def __init__(self, rnd: _Round, me: str, encoded: np.ndarray, upload: UploadFactory) -> None:
+        self.rnd, self.me, self.encoded, self.upload = rnd, me, encoded, upload
+        self.transport = KeyPair.generate()
+        self.mask = KeyPair.generate()
+        self.seed = os.urandom(32)
+        self.stage = "advertise"
+        self.adverts: dict[str, tuple[bytes, bytes]] = {}  # id -> (transport pk, mask pk)
+        self.held: dict[str, tuple[int, int]] = {}  # owner -> (seed share, key share) I hold
+        self.signed: tuple[str, ...] | None = None
+        self.revealed: dict[str, str] = {}  # owner -> "seed" | "key"
+
+
+class MaskingClient(ClientAggregator):
+    """Worker side of ``MaskingAggregator`` (see the module docstring)."""
+
+    kind: ClassVar[str] = "masking"
+    message_types: ClassVar[tuple[type[Message], ...]] = (
+        KeyDirectory, ShareDelivery, SurvivorList, UnmaskRequest,
+    )
+
+    def __init__(self, identity: Identity, directory: Mapping[str, bytes], params: MaskingParams) -> None:
+        if not isinstance(identity, Identity):
+            raise ConfigError("identity must be an Identity")
+        self.identity = identity
+        self.client_id = identity.client_id
+        if directory.get(self.client_id) != identity.public:
+            raise ConfigError(f"the identity directory does not hold {self.client_id!r}'s own public key")
+        self.directory = dict(directory)
+        self.params = params
+        self._session: _ClientSession | None = None
+
+    # -- phase 1: advertise
+    def begin(
+        self, round_id: AggregationRound, cohort: Sequence[str], vector: np.ndarray, upload: UploadFactory
+    ) -> list[Message]:
+        rnd = _Round(round_id, cohort, self.params)
+        if self.client_id not in rnd.cohort:
+            raise LocalProtocolError(f"{self.client_id!r} is not in the cohort it was asked to sum for", stage=_STAGE)
+        if len(rnd.cohort) < 2:
+            raise LocalProtocolError("masking needs a cohort of at least 2", stage=_STAGE)
+        strangers = [c for c in rnd.cohort if c not in self.directory]
+        if strangers:
+            raise RemoteProtocolError(f"cohort members {strangers[:5]} have no enrolled identity key", stage=_STAGE)
+        x = np.asarray(vector, dtype=np.float64)
+        if x.ndim != 1 or not np.isfinite(x).all():
+            raise LocalProtocolError("the contribution must be a finite 1-D vector", stage=_STAGE)
+        peak = float(np.max(np.abs(x))) if x.size else 0.0
+        if peak > rnd.fp.bound:
+            raise LocalProtocolError(
+                f"a contributed value of magnitude {peak:g} exceeds privacy.bound {rnd.fp.bound:g}; "
+                "raise the bound (the cohort limit shrinks) or lower the weights",
+                stage=_STAGE,
+            )
+        session = _ClientSession(rnd, self.client_id, rnd.fp.encode(x), upload)
+        self._session = session
+        transport, mask = session.transport.public, session.mask.public
+        signature = self.identity.signing.sign(_advert_bytes(rnd.binding, self.client_id, transport, mask))
+        return [self._message(KeyAdvert, transport_key=transport, mask_key=mask, signature=signature)]
+
+    def receive(self, message: Message) -> list[Message]:
+        session = self._session
+        if session is None:
+            raise RemoteProtocolError(f"{type(message).__name__} outside a secure sum", stage=_STAGE)
+        rnd = session.rnd
+        if not rnd.round_id.binds(message):
+            raise RemoteProtocolError(f"{type(message).__name__} is for another sum", stage=_STAGE)
+        expected = {
+            "advertise": KeyDirectory,
+            "share": ShareDelivery,
+            "masked": SurvivorList,
+            "consistency": UnmaskRequest,
+        }.get(session.stage)
+        if expected is None or type(message) is not expected:
+            raise RemoteProtocolError(
+                f"unexpected {type(message).__name__} in secure-sum stage {session.stage!r}"
+                + (" (this sum was already unmasked: a second unmask request is refused)"
+                   if session.stage == "done" else ""),
+                stage=_STAGE,
+            )
+        if isinstance(message, KeyDirectory):
+            return self._on_directory(session, message)
+        if isinstance(message, ShareDelivery):
+            return self._on_shares(session, message)
+        if isinstance(message, SurvivorList):
+            return self._on_survivors(session, message)
+        return self._on_unmask(session, message)  # UnmaskRequest
+
+    # -- phase 2: share keys
+    def _on_directory(self, session: _ClientSession, message: KeyDirectory) -> list[Message]:
+        rnd, me = session.rnd, self.client_id
+        closed = rnd.closed(me)
+        members = message.members
+        if not set(members) <= closed or me not in members:
+            raise RemoteProtocolError("the key directory lists non-neighbours or omits this client", stage=_STAGE)
+        if len(members) < rnd.t(me):
+            raise RemoteProtocolError(
+                f"only {len(members)} of this client's neighbourhood advertised keys; t = {rnd.t(me)}",
+                stage=_STAGE,
+            )
+        seen: set[bytes] = set()
+        for i, member in enumerate(members):
+            row = message.keys[i].tobytes()
+            transport, mask, signature = row[:_KEY], row[_KEY : 2 * _KEY], row[2 * _KEY :]
+            try:
+                verify(self.directory[member], signature, _advert_bytes(rnd.binding, member, transport, mask))
+            except CryptoError:
+                raise RemoteProtocolError(f"{member!r}'s advertised keys carry a bad signature", stage=_STAGE) from None
+            if transport in seen or mask in seen:
+                raise RemoteProtocolError("two advertised keys are equal", stage=_STAGE)
+            seen |= {transport, mask}
+            session.adverts[member] = (transport, mask)
+        if session.adverts[me] != (session.transport.public, session.mask.public):
+            raise RemoteProtocolError("the key directory altered this client's own keys", stage=_STAGE)
+        holders = sorted(members)
+        xs = [rnd.x[h] for h in holders]
+        t = rnd.t(me)
+        seed_shares = shamir.split(session.seed, len(holders), t, xs)
+        key_shares = shamir.split(_raw_private(session.mask.private), len(holders), t, xs)
+        recipients, sealed = [], []
+        for holder in holders:
+            x = rnd.x[holder]
+            if holder == me:
+                session.held[me] = (seed_shares[x], key_shares[x])
+                continue
+            key = agree(session.transport, session.adverts[holder][0], rnd.binding + b"|share")
+            plain = shamir.share_to_bytes(seed_shares[x]) + shamir.share_to_bytes(key_shares[x])
+            recipients.append(holder)
+            sealed.append(seal(key, plain, _share_ad(rnd.binding, me, holder)))
+        session.stage = "share"
+        return [self._message(ShareUpload, recipients=tuple(recipients), ciphertexts=_rows(sealed, _SEALED))]
+
+    # -- phase 3: masked input
+    def _on_shares(self, session: _ClientSession, message: ShareDelivery) -> list[Message]:
+        rnd, me = session.rnd, self.client_id
+        senders = message.senders
+        if not set(senders) <= set(session.adverts) - {me}:
+            raise RemoteProtocolError("shares delivered from clients outside the key directory", stage=_STAGE)
+        if len(senders) + 1 < rnd.t(me):
+            raise RemoteProtocolError(
+                f"only {len(senders)} neighbours shared keys; t = {rnd.t(me)}", stage=_STAGE
+            )
+        for i, sender in enumerate(senders):
+            key = agree(session.transport, session.adverts[sender][0], rnd.binding + b"|share")
+            try:
+                plain = open_sealed(key, message.ciphertexts[i].tobytes(), _share_ad(rnd.binding, sender, me))
+                session.held[sender] = (
+                    shamir.share_from_bytes(plain[: shamir.SHARE_BYTES]),
+                    shamir.share_from_bytes(plain[shamir.SHARE_BYTES :]),
+                )
+            except CryptoError:
+                raise RemoteProtocolError(f"the shares from {sender!r} failed authentication", stage=_STAGE) from None
+        n = session.encoded.size
+        y = session.encoded + expand_mask(session.seed, n)  # uint32 arithmetic wraps mod 2^32
+        for sender in senders:
+            pair = agree(session.mask, session.adverts[sender][1], rnd.binding + b"|mask")
+            if me < sender:
+                y += _pair_mask(pair, n)
+            else:
+                y -= _pair_mask(pair, n)
+        session.stage = "masked"
+        session.encoded = np.zeros(0, dtype=np.uint32)  # the plain encoding is no longer needed
+        return [session.upload(y, ENCODING)]
+
+    # -- phase 4: consistency check
+    def _on_survivors(self, session: _ClientSession, message: SurvivorList) -> list[Message]:
+        rnd, me = session.rnd, self.client_id
+        survivors = tuple(sorted(message.survivors))
+        if me not in survivors or not set(survivors) <= set(rnd.cohort):
+            raise RemoteProtocolError("the survivor list omits this client or names non-members", stage=_STAGE)
+        if len(set(survivors) & rnd.closed(me)) < rnd.t(me):
+            raise RemoteProtocolError(
+                f"only {len(set(survivors) & rnd.closed(me))} survivors in this client's neighbourhood; "
+                f"t = {rnd.t(me)}",
+                stage=_STAGE,
+            )
+        session.signed = survivors
+        session.stage = "consistency"
+        signature = self.identity.signing.sign(_survivors_bytes(rnd.binding, survivors))
+        return [self._message(SurvivorSignature, signature=signature)]
+
+    # -- phase 5: unmask
+    def _on_unmask(self, session: _ClientSession, message: UnmaskRequest) -> list[Message]:
+        rnd, me = session.rnd, self.client_id
+        session.stage = "done"  # whatever happens next, this sum never answers a second request
+        survivors = tuple(sorted(message.survivors))
+        if survivors != session.signed:
+            raise RemoteProtocolError(
+                "the unmask request's survivor list differs from the one this client signed; "
+                "refusing to reveal any share",
+                stage=_STAGE,
+            )
+        body = _survivors_bytes(rnd.binding, survivors)
+        valid = 0
+        for i, signer in enumerate(message.signers):
+            if signer not in survivors:
+                raise RemoteProtocolError(f"signer {signer!r} is not a survivor", stage=_STAGE)
+            try:
+                verify(self.directory[signer], message.signatures[i].tobytes(), body)
+            except CryptoError:
+                raise RemoteProtocolError(f"{signer!r}'s survivor-list signature is bad", stage=_STAGE) from None
+            valid += 1
+        need = rnd.t(me)
+        if valid < need:
+            raise RemoteProtocolError(f"only {valid} clients signed the survivor list; t = {need}", stage=_STAGE)
+        seed_owners, seed_shares, key_owners, key_shares = [], [], [], []
+        alive = set(survivors)
+        for owner in sorted(session.held):
+            seed_share, key_share = session.held[owner]
+            kind = "seed" if owner in alive else "key"
+            self._reveal(session, owner, kind)
+            if kind == "seed":
+                seed_owners.append(owner)
+                seed_shares.append(shamir.share_to_bytes(seed_share))
+            else:
+                key_owners.append(owner)
+                key_shares.append(shamir.share_to_bytes(key_share))
+        return [
+            self._message(
+                UnmaskShares,
+                seed_owners=tuple(seed_owners),
+                seed_shares=_rows(seed_shares, shamir.SHARE_BYTES),
+                key_owners=tuple(key_owners),
+                key_shares=_rows(key_shares, shamir.SHARE_BYTES),
+            )
+        ]
+
+    @staticmethod
+    def _reveal(session: _ClientSession, owner: str, kind: str) -> None:
+        """The rule masking rests on: never both shares of one owner."""
+        previous = session.revealed.setdefault(owner, kind)
+        if previous != kind:
+            raise RemoteProtocolError(
+                f"asked for {owner!r}'s {kind} share after its {previous} share: refused", stage=_STAGE
+            )
+
+    def _message(self, cls: type[Message], **fields: object) -> Message:
+        rid = self._session.rnd.round_id if self._session else None
+        assert rid is not None
+        return cls(
+            federation_id=rid.federation_id, stage=rid.stage, round=rid.round, attempt=rid.attempt,
+            sender=self.client_id, **fields,
+        )
+
+
+# ----------------------------------------------------------------------------- coordinator side
+_STAGES = ("advertise", "share", "masked", "consistency", "unmask")
+_ACCEPTS: dict[str, tuple[type[Message], ...]] = {
+    "advertise": (KeyAdvert,),
+    "share": (ShareUpload,),
+    "masked": (TokenUpload, UpdateUpload),
+    "consistency": (SurvivorSignature,),
+    "unmask": (UnmaskShares,),
+}
+
+
+class MaskingAggregator(SecureAggregator):
+    """Coordinator side of pairwise masking (see the module docstring).
+
+    It learns public keys, ciphertexts, signatures and masked vectors, and the sum. ``stage_sets``
+    records who was still in after each stage (U1..U5), for logs and tests.
+    """
+
+    kind: ClassVar[str] = "masking"
+    encoding: ClassVar[str] = ENCODING
+    message_types: ClassVar[tuple[type[Message], ...]] = (
+        KeyAdvert, ShareUpload, SurvivorSignature, UnmaskShares,
+    )
+
+    def __init__(
+        self,
+        directory: Mapping[str, bytes],
+        params: MaskingParams,
+        min_contributors: int = 1,
+        *,
+        coordinator_id: str = COORDINATOR_ID,
+    ) -> None:
+        super().__init__(min_contributors)
+        self.coordinator_id = check_id("coordinator_id", coordinator_id)
+        self.directory = dict(directory)
+        self.params = params
+        self._rnd: _Round | None = None
+        self._length = 0
+        self._stage = ""
+        self._expected: set[str] = set()
+        self._gone: set[str] = set()
+        self._answers: dict[str, Message] = {}
+        self._adverts: dict[str, tuple[bytes, bytes]] = {}
+        self._sealed: dict[str, dict[str, bytes]] = {}  # recipient -> sender -> sealed shares
+        self._delivered: dict[str, tuple[str, ...]] = {}
+        self._masked: dict[str, np.ndarray] = {}
+        self._survivors: tuple[str, ...] = ()
+        self._signatures: dict[str, bytes] = {}
+        self._failure: str | None = None
+        self._result: Aggregate | None = None
+        self.stage_sets: dict[str, tuple[str, ...]] = {}
+
+    # -- interface
+    def begin(self, round_id: AggregationRound, cohort: Sequence[str], vector_length: int) -> list[Outgoing]:
+        if self._rnd is not None:
+            raise LocalProtocolError("begin() called twice; use a fresh aggregator per phase", stage=_STAGE)
+        self._rnd = _Round(round_id, cohort, self.params)
+        self._length = int(vector_length)
+        if self._length < 1:
+            raise ConfigError("vector_length must be >= 1")
+        strangers = [c for c in self._rnd.cohort if c not in self.directory]
+        if strangers:
+            raise ConfigError(f"cohort members {strangers[:5]} have no enrolled identity key")
+        self._stage = "advertise"
+        self._expected = set(self._rnd.cohort)
+        if len(self._rnd.cohort) < max(2, self.min_contributors):
+            self._failure = (
+                f"masking needs at least {max(2, self.min_contributors)} cohort members, "
+                f"got {len(self._rnd.cohort)}"
+            )
+        return []
+
+    def receive(self, sender: str, message: Message) -> list[Outgoing]:
+        rnd = self._open()
+        if sender not in self._expected or sender in self._gone:
+            raise RemoteProtocolError(f"{sender!r} is not expected in secure-sum stage {self._stage!r}", stage=_STAGE)
+        if sender in self._answers:
+            raise RemoteProtocolError(f"duplicate {type(message).__name__} from {sender!r}", stage=_STAGE)
+        if message.sender != sender or not rnd.round_id.binds(message):
+            raise RemoteProtocolError(f"{type(message).__name__} from {sender!r} is for another sum", stage=_STAGE)
+        if not isinstance(message, _ACCEPTS[self._stage]):
+            raise RemoteProtocolError(
+                f"{type(message).__name__} from {sender!r} in secure-sum stage {self._stage!r}", stage=_STAGE
+            )
+        getattr(self, f"_check_{self._stage}")(sender, message)
+        self._answers[sender] = message
+        return self._advance()
+
+    def dropped(self, sender: str) -> list[Outgoing]:
+        rnd = self._open()
+        if sender not in rnd.cohort:
+            raise LocalProtocolError(f"{sender!r} is not in this sum's cohort", stage=_STAGE)
+        self._gone.add(sender)
+        return self._advance()
+
+    @property
+    def failure(self) -> str | None:
+        return self._failure
+
+    def result(self) -> Aggregate | None:
+        return self._result
+
+    # -- per-stage checks of one message
+    def _check_advertise(self, sender: str, message: KeyAdvert) -> None:
+        rnd = self._open()
+        try:
+            verify(
+                self.directory[sender],
+                message.signature,
+                _advert_bytes(rnd.binding, sender, message.transport_key, message.mask_key),
+            )
+        except CryptoError:
+            raise RemoteProtocolError(f"{sender!r}'s key advert carries a bad signature", stage=_STAGE) from None
+
+    def _check_share(self, sender: str, message: ShareUpload) -> None:
+        want = tuple(sorted(self._neighbours_in(sender, self.stage_sets["advertised"]) - {sender}))
+        if tuple(message.recipients) != want:
+            raise RemoteProtocolError(
+                f"{sender!r} sent shares for {len(message.recipients)} recipients, not its "
+                f"{len(want)} advertised neighbours",
+                stage=_STAGE,
+            )
+
+    def _check_masked(self, sender: str, message: Contribution) -> None:
+        rnd = self._open()
+        expected = _CONTRIBUTION[rnd.round_id.phase]
+        if type(message) is not expected or message.encoding != ENCODING or message.payload.dtype != np.uint32:
+            raise RemoteProtocolError(
+                f"{sender!r} sent a {type(message).__name__} in encoding {message.encoding!r}; this sum "
+                f"takes {expected.__name__} in {ENCODING}",
+                stage=_STAGE,
+            )
+        if message.payload.size != self._length:
+            raise RemoteProtocolError(
+                f"{sender!r} sent {message.payload.size} values; this sum takes {self._length}", stage=_STAGE
+            )
+
+    def _check_consistency(self, sender: str, message: SurvivorSignature) -> None:
+        rnd = self._open()
+        try:
+            verify(self.directory[sender], message.signature, _survivors_bytes(rnd.binding, self._survivors))
+        except CryptoError:
+            raise RemoteProtocolError(f"{sender!r}'s survivor-list signature is bad", stage=_STAGE) from None
+
+    def _check_unmask(self, sender: str, message: UnmaskShares) -> None:
+        held = set(self._delivered[sender]) | {sender}
+        alive = set(self._survivors)
+        want_seeds = tuple(sorted(held & alive))
+        want_keys = tuple(sorted(held - alive))
+        if tuple(message.seed_owners) != want_seeds or tuple(message.key_owners) != want_keys:
+            raise RemoteProtocolError(f"{sender!r} revealed shares of the wrong owners", stage=_STAGE)
+        for rows in (message.seed_shares, message.key_shares):
+            for row in rows:
+                try:
+                    shamir.share_from_bytes(row.tobytes())
+                except CryptoError as exc:
+                    raise RemoteProtocolError(f"{sender!r}: {exc}", stage=_STAGE) from None
+
+    # -- stage transitions
+    def _open(self) -> _Round:
+        if self._rnd is None:
+            raise LocalProtocolError("aggregator used before begin()", stage=_STAGE)
+        if self._result is not None or self._failure is not None:
+            raise LocalProtocolError("this secure sum is over", stage=_STAGE)
+        return self._rnd
+
+    def _neighbours_in(self, u: str, members: Sequence[str]) -> set[str]:
+        assert self._rnd is not None
+        return set(self._rnd.closed(u)) & set(members)
+
+    def _advance(self) -> list[Outgoing]:
+        if self._failure is not None or self._result is not None:
+            return []
+        if not self._expected <= set(self._answers) | self._gone:
+            return []  # still waiting
+        answered = tuple(sorted(set(self._answers) - self._gone))
+        handler = getattr(self, f"_after_{self._stage}")
+        return handler(answered)
+
+    def _next(self, stage: str, expected: Sequence[str]) -> None:
+        self._stage = stage
+        self._expected = set(expected)
+        self._answers = {}
+
+    def _fail(self, reason: str) -> list[Outgoing]:
+        self._failure = f"secure sum aborted in stage {self._stage!r}: {reason}"
+        return []
+
+    def _viable(self, members: Sequence[str]) -> tuple[str, ...]:
+        """Members whose neighbourhood (within ``members``) still reaches their threshold."""
+        assert self._rnd is not None
+        current = set(members)
+        while True:
+            keep = {u for u in current if len(self._neighbours_in(u, current)) >= self._rnd.t(u)}
+            if keep == current:
+                return tuple(sorted(current))
+            current = keep
+
+    def _enough(self, members: Sequence[str], what: str) -> str | None:
+        need = max(2, self.min_contributors)
+        if len(members) < need:
+            return f"only {len(members)} clients {what}; at least {need} needed"
+        return None
+
+    def _after_advertise(self, answered: tuple[str, ...]) -> list[Outgoing]:
+        rnd = self._rnd
+        assert rnd is not None
+        u1 = self._viable(answered)
+        self.stage_sets["advertised"] = u1
+        if (why := self._enough(u1, "advertised keys")) is not None:
+            return self._fail(why)
+        for u in u1:
+            advert = self._answers[u]
+            assert isinstance(advert, KeyAdvert)
+            self._adverts[u] = (advert.transport_key, advert.mask_key)
+        out: list[Outgoing] = []
+        for u in u1:
+            members = tuple(sorted(self._neighbours_in(u, u1)))
+            rows = []
+            for v in members:
+                advert = self._answers[v]
+                assert isinstance(advert, KeyAdvert)
+                rows.append(advert.transport_key + advert.mask_key + advert.signature)
+            out.append((u, self._message(KeyDirectory, members=members, keys=_rows(rows, _DIR_ENTRY))))
+        self._next("share", u1)
+        return out
+
+    def _after_share(self, answered: tuple[str, ...]) -> list[Outgoing]:
+        u2 = self._viable(answered)
+        self.stage_sets["shared"] = u2
+        if (why := self._enough(u2, "shared keys")) is not None:
+            return self._fail(why)
+        alive = set(u2)
+        for sender in u2:
+            upload = self._answers[sender]
+            assert isinstance(upload, ShareUpload)
+            for i, recipient in enumerate(upload.recipients):
+                if recipient in alive:
+                    self._sealed.setdefault(recipient, {})[sender] = upload.ciphertexts[i].tobytes()
+        out: list[Outgoing] = []
+        for u in u2:
+            inbox = self._sealed.get(u, {})
+            senders = tuple(sorted(inbox))
+            self._delivered[u] = senders
+            out.append((u, self._message(
+                ShareDelivery, senders=senders, ciphertexts=_rows([inbox[s] for s in senders], _SEALED)
+            )))
+        self._sealed = {}
+        self._next("masked", u2)
+        return out
+
+    def _after_masked(self, answered: tuple[str, ...]) -> list[Outgoing]:
+        u3 = answered
+        self.stage_sets["masked"] = u3
+        if (why := self._enough(u3, "sent masked inputs")) is not None:
+            return self._fail(why)
+        for u in u3:
+            upload = self._answers[u]
+            assert isinstance(upload, Contribution)
+            self._masked[u] = upload.payload
+        self._survivors = u3
+        out = [(u, self._message(SurvivorList, survivors=u3)) for u in u3]
+        self._next("consistency", u3)
+        return out
+
+    def _after_consistency(self, answered: tuple[str, ...]) -> list[Outgoing]:
+        rnd = self._rnd
+        assert rnd is not None
+        u4 = answered
+        self.stage_sets["signed"] = u4
+        short = [u for u in u4 if len(self._neighbours_in(u, u4)) < rnd.t(u)]
+        if (why := self._enough(u4, "signed the survivor list")) is not None or short:
+            return self._fail(why or f"too few signatures in the neighbourhoods of {short[:5]}")
+        signatures = []
+        for u in u4:
+            answer = self._answers[u]
+            assert isinstance(answer, SurvivorSignature)
+            signatures.append(answer.signature)
+        request = self._message(
+            UnmaskRequest, survivors=self._survivors, signers=u4, signatures=_rows(signatures, _SIG)
+        )
+        out = [(u, request) for u in u4]
+        self._next("unmask", u4)
+        return out
+
+    def _after_unmask(self, answered: tuple[str, ...]) -> list[Outgoing]:
+        rnd = self._rnd
+        assert rnd is not None
+        self.stage_sets["unmasked"] = answered
+        seed_shares: dict[str, dict[int, int]] = {}
+        key_shares: dict[str, dict[int, int]] = {}
+        for holder in answered:
+            answer = self._answers[holder]
+            assert isinstance(answer, UnmaskShares)
+            x = rnd.x[holder]
+            for owner, row in zip(answer.seed_owners, answer.seed_shares, strict=True):
+                seed_shares.setdefault(owner, {})[x] = shamir.share_from_bytes(row.tobytes())
+            for owner, row in zip(answer.key_owners, answer.key_shares, strict=True):
+                key_shares.setdefault(owner, {})[x] = shamir.share_from_bytes(row.tobytes())
+        total = np.zeros(self._length, dtype=np.uint32)
+        for u in self._survivors:
+            total += self._masked[u]
+        for u in self._survivors:  # remove every survivor's self mask
+            shares = seed_shares.get(u, {})
+            if len(shares) < rnd.t(u):
+                return self._fail(f"{len(shares)} seed shares of {u!r} came back; t = {rnd.t(u)}")
+            try:
+                seed = shamir.combine(shares, rnd.t(u))
+            except CryptoError as exc:
+                return self._fail(f"the seed shares of {u!r} do not combine: {exc}")
+            total -= expand_mask(seed, self._length)
+        alive = set(self._survivors)
+        dropped = sorted(set(self.stage_sets["shared"]) - alive)
+        for v in dropped:  # remove the pairwise masks survivors added for clients that dropped
+            partners = [u for u in self._survivors if v in self._delivered.get(u, ())]
+            if not partners:
+                continue
+            shares = key_shares.get(v, {})
+            if len(shares) < rnd.t(v):
+                return self._fail(f"{len(shares)} key shares of dropped {v!r} came back; t = {rnd.t(v)}")
+            try:
+                private = X25519PrivateKey.from_private_bytes(shamir.combine(shares, rnd.t(v)))
+            except (CryptoError, ValueError) as exc:
+                return self._fail(f"the key shares of {v!r} do not combine: {exc}")
+            pair = KeyPair(private)
+            if pair.public != self._adverts[v][1]:
+                return self._fail(f"the key shares of {v!r} rebuild a key other than the one it advertised")
+            for u in partners:
+                mask = _pair_mask(agree(pair, self._adverts[u][1], rnd.binding + b"|mask"), self._length)
+                if u < v:
+                    total -= mask
+                else:
+                    total += mask
+        vector = rnd.fp.decode_sum(total, len(self._survivors))
+        self._result = Aggregate(
+            _AGGREGATOR_KEY, round_id=rnd.round_id, vector=vector, contributors=self._survivors, kind=self.kind
+        )
+        self._masked = {}
+        self._stage = "done"
+        return []
+
+    def _message(self, cls: type[Message], **fields: object) -> Message:
+        assert self._rnd is not None
+        rid = self._rnd.round_id
+        return cls(
+            federation_id=rid.federation_id, stage=rid.stage, round=rid.round, attempt=rid.attempt,
+            sender=self.coordinator_id, **fields,
+        )
