@@ -141,6 +141,24 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return _simulate_and_report(cfg, out, progress=not args.no_progress, quiet=args.quiet)
 
 
+def _cmd_certs_init(args: argparse.Namespace) -> int:
+    from .crypto.certs import init_federation
+
+    paths = init_federation(args.out, args.federation, args.server_name)
+    for role, p in paths.items():
+        print(f"{role}: {p.cert} (key {p.key}, mode 0600)")
+    return 0
+
+
+def _cmd_certs_issue(args: argparse.Namespace) -> int:
+    from .crypto.certs import issue_client
+
+    for client in args.client:
+        p = issue_client(args.out, client)
+        print(f"client {client}: {p.cert} (key {p.key}, mode 0600)")
+    return 0
+
+
 def _cmd_keys_init(args: argparse.Namespace) -> int:
     from .protocols.ckks import write_keys
 
@@ -232,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
         "init", help="create the secret context for clients (0600) and the public context for the coordinator")
     init.add_argument("--out", required=True, help="folder for ckks-secret.ctx and ckks-public.ctx (refuses to overwrite)")
     init.set_defaults(func=_cmd_keys_init)
+
+    certs = sub.add_parser("certs", help="federation certificates for mutual TLS (CA, server, clients)")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    cinit = certs_sub.add_parser("init", help="create the federation CA and the server certificate")
+    cinit.add_argument("--out", required=True, help="certificate folder (refuses to overwrite)")
+    cinit.add_argument("--federation", default="secure-fcit", help="federation id (the certificates' organization)")
+    cinit.add_argument("--server-name", action="append", required=True,
+                       help="a host name or IP address of the server (repeatable; goes in subjectAltName)")
+    cinit.set_defaults(func=_cmd_certs_init)
+    cissue = certs_sub.add_parser("issue", help="issue a client certificate (identity = its common name)")
+    cissue.add_argument("--out", required=True, help="the certificate folder of `certs init`")
+    cissue.add_argument("--client", action="append", required=True, help="client id (repeatable)")
+    cissue.set_defaults(func=_cmd_certs_issue)
 
     pred = sub.add_parser("predict", help="answer a question about an image with a trained state")
     pred.add_argument("--state", required=True, help="a run's state/ directory")

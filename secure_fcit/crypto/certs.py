@@ -1,0 +1,164 @@
+"""The federation's certificates: a CA, a server certificate, one client certificate per client id.
+
+``python -m secure_fcit certs init --out DIR --server-name HOST [--server-name IP ...]`` creates the
+federation CA (``ca.pem``, ``ca.key``) and the server's certificate (``server.pem``, ``server.key``)
+with its host names and IP addresses as subject alternative names; ``certs issue --out DIR
+--client ID`` adds ``clients/ID.pem`` and ``clients/ID.key``. A client's identity is the common
+name of its certificate subject. Keys are Ed25519, written with mode 0600 and refused at load when
+group- or world-readable; nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ..errors import ConfigError
+from ..protocols.messages import check_id
+
+__all__ = ["CertPaths", "init_federation", "issue_client", "load_private_key", "subject_id"]
+
+_VALIDITY_DAYS = 825
+
+
+@dataclass(frozen=True)
+class CertPaths:
+    cert: Path
+    key: Path
+
+
+def _name(common_name: str, federation: str) -> x509.Name:
+    return x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
+        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+    ])
+
+
+def _write_key(path: Path, key: Ed25519PrivateKey) -> None:
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _refuse_existing(*paths: Path) -> None:
+    for path in paths:
+        if path.exists():
+            raise ConfigError(f"{path} exists; refusing to overwrite a certificate or key")
+
+
+def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    """An Ed25519 private key from ``path``; refused if others can read the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"private key {path} does not exist")
+    if path.stat().st_mode & 0o077:
+        raise ConfigError(f"private key {path} is readable by group or others; chmod 600 it")
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path} is not an unencrypted PEM private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path} is not an Ed25519 key")
+    return key
+
+
+def _certificate(subject: x509.Name, issuer: x509.Name, public, signer: Ed25519PrivateKey, *, ca: bool,
+                 extensions: list[tuple[x509.ExtensionType, bool]]) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=_VALIDITY_DAYS))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(signer, algorithm=None)
+
+
+def _ca(directory: Path) -> tuple[x509.Certificate, Ed25519PrivateKey]:
+    cert_path, key_path = directory / "ca.pem", directory / "ca.key"
+    if not cert_path.is_file():
+        raise ConfigError(f"{cert_path} does not exist; run `certs init` first")
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return cert, load_private_key(key_path)
+
+
+def init_federation(directory: str | Path, federation: str, server_names: list[str]) -> dict[str, CertPaths]:
+    """Create the CA and the server certificate in ``directory``."""
+    check_id("federation id", federation)
+    if not server_names:
+        raise ConfigError("the server certificate needs at least one host name or IP address (--server-name)")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"ca": CertPaths(out / "ca.pem", out / "ca.key"), "server": CertPaths(out / "server.pem", out / "server.key")}
+    _refuse_existing(*(p for cp in paths.values() for p in (cp.cert, cp.key)))
+    ca_key = Ed25519PrivateKey.generate()
+    ca_name = _name(f"{federation} federation CA", federation)
+    ca_cert = _certificate(
+        ca_name, ca_name, ca_key.public_key(), ca_key, ca=True,
+        extensions=[(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                   data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                   encipher_only=False, decipher_only=False), True)],
+    )
+    sans: list[x509.GeneralName] = []
+    for name in server_names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    server_key = Ed25519PrivateKey.generate()
+    server_cert = _certificate(
+        _name(server_names[0], federation), ca_name, server_key.public_key(), ca_key, ca=False,
+        extensions=[(x509.SubjectAlternativeName(sans), False),
+                    (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), True)],
+    )
+    _write_key(paths["ca"].key, ca_key)
+    paths["ca"].cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(paths["server"].key, server_key)
+    paths["server"].cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    return paths
+
+
+def issue_client(directory: str | Path, client_id: str) -> CertPaths:
+    """Issue ``clients/<client_id>.pem`` and ``.key`` signed by the federation CA in ``directory``."""
+    check_id("client id", client_id)
+    if "/" in client_id:
+        raise ConfigError(f"client id {client_id!r} cannot contain '/' (it names a file)")
+    out = Path(directory)
+    ca_cert, ca_key = _ca(out)
+    federation = ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
+    (out / "clients").mkdir(exist_ok=True)
+    paths = CertPaths(out / "clients" / f"{client_id}.pem", out / "clients" / f"{client_id}.key")
+    _refuse_existing(paths.cert, paths.key)
+    key = Ed25519PrivateKey.generate()
+    cert = _certificate(
+        _name(client_id, str(federation)), ca_cert.subject, key.public_key(), ca_key, ca=False,
+        extensions=[(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), True)],
+    )
+    _write_key(paths.key, key)
+    paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return paths
+
+
+def subject_id(cert: x509.Certificate) -> str:
+    """The client id a certificate names (its subject's common name)."""
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        raise ConfigError("a federation certificate names exactly one common name")
+    return check_id("certificate common name", str(names[0].value))
