@@ -97,6 +97,8 @@ class TrainConfig:
     #: `benchmarks/results/validity_upper_bound_15_epochs.json`). Longer training at this lr does
     #: not help; 10 is the best measured.
     upper_bound_epochs: float = 10.0
+    #: Learning rate of the upper bound's pooled LoRA; 0 = ``train.lr``.
+    upper_bound_lr: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs <= 0:
@@ -107,6 +109,8 @@ class TrainConfig:
             raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if not 0 < self.lr < 1:
             raise ConfigError(f"train.lr must be in (0, 1), got {self.lr}")
+        if not 0 <= self.upper_bound_lr < 1:
+            raise ConfigError(f"train.upper_bound_lr must be in [0, 1) (0 = train.lr), got {self.upper_bound_lr}")
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,10 @@ class RunResult:
     summary: dict[str, float] | None = None
 
 
-def _train_spec(ws: Workspace, epochs: float | None = None) -> TrainSpec:
+def _train_spec(ws: Workspace, epochs: float | None = None, lr: float | None = None) -> TrainSpec:
     tc = ws.config.train
-    return TrainSpec(epochs=epochs if epochs is not None else tc.epochs, batch_size=tc.batch_size, lr=tc.lr)
+    return TrainSpec(epochs=epochs if epochs is not None else tc.epochs, batch_size=tc.batch_size,
+                     lr=lr if lr else tc.lr)
 
 
 def _eval_all(ws: Workspace, model, tasks: Sequence[str], progress: bool) -> dict[str, float]:
@@ -48,15 +49,15 @@ def multitask_upper_bound(
 ) -> RunResult:
     """One LoRA trained on every task's data pooled together (the centralized upper bound).
 
-    ``epochs`` defaults to ``train.upper_bound_epochs``.
+    ``epochs`` defaults to ``train.upper_bound_epochs``, the lr to ``train.upper_bound_lr`` (0: ``train.lr``).
     """
     t0 = time.perf_counter()
     epochs = epochs if epochs is not None else ws.config.train.upper_bound_epochs
     model, processor = ws.lora_model(seed)
     pooled = [s for t in tasks for s in ws.train_samples(t)]
     train_steps(
-        model, pooled, _train_spec(ws, epochs), processor.tokenizer.pad_token_id, seed,
-        desc="multi-task LoRA", progress=progress,
+        model, pooled, _train_spec(ws, epochs, ws.config.train.upper_bound_lr), processor.tokenizer.pad_token_id,
+        seed, desc="multi-task LoRA", progress=progress,
     )
     scores = _eval_all(ws, model, tasks, progress)
     return RunResult(scores, sum(scores.values()) / len(scores), time.perf_counter() - t0)

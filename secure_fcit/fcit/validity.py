@@ -116,9 +116,14 @@ def _check_mergeable(previous: dict, setup: dict, parts: Sequence[str]) -> None:
     old_train, new_train = old.get("train", {}), setup["train"]
     kept = [p for p in PARTS if p not in parts]
     # The training settings the kept parts depend on must not have changed.
-    needs = {"upper_bound": ("batch_size", "lr", "upper_bound_epochs"), "finetune": ("epochs", "batch_size", "lr")}
+    needs = {"upper_bound": ("batch_size", "lr", "upper_bound_epochs", "upper_bound_lr"),
+             "finetune": ("epochs", "batch_size", "lr")}
     for part in kept:
         for k in needs.get(part, ()):
+            if k == "upper_bound_lr" and k not in old_train:  # results from before the setting: train.lr
+                if new_train[k] not in (0.0, old_train.get("lr")):
+                    raise ValueError(f"previous upper bound used lr {old_train.get('lr')}, config says {new_train[k]}")
+                continue
             if k == "upper_bound_epochs" and k not in old_train:
                 # Results written before the setting existed trained the upper bound for train.epochs.
                 if old_train.get("epochs") != new_train[k]:
