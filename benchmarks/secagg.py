@@ -3,7 +3,7 @@
     python benchmarks/secagg.py [--part correctness|cost|all] [--out benchmarks/results/secagg.json]
 
 1. ``correctness``: pairwise masking with 5, 50 and 200 clients (complete graph, t = floor(2n/3)+1),
-   with 0%, 10% and 30% of the cohort dropping at each of the five stages (advertise, share,
+   with 0%, 10% and 30% of the cohort (floor, at least one client) dropping at each of the five stages (advertise, share,
    masked input, consistency, unmask): the largest |masked sum - plaintext sum| of the survivors
    against the fixed-point error bound, and whether the sum completed. Every message goes through
    the wire codec. CKKS: relative L2 error of a 5-client sum of 1M values.
@@ -60,12 +60,13 @@ def correctness(sizes=(5, 50, 200), fractions=(0.0, 0.1, 0.3), length=1000) -> d
             for stage in STAGES if fraction else ["none"]:
                 ids, aggregator, clients = _masking(n, params)
                 vectors = {c: rng.uniform(-100, 100, length) for c in ids}
-                drop = {} if stage == "none" else {STAGES[stage]: ids[: int(np.floor(fraction * n))]}
+                k = max(1, int(np.floor(fraction * n)))  # at least one client drops when fraction > 0
+                drop = {} if stage == "none" else {STAGES[stage]: ids[:k]}
                 t0 = time.perf_counter()
                 run = run_secure_sum(aggregator, clients, vectors, RID, drop=drop)
                 seconds = time.perf_counter() - t0
                 fp = params.check_cohort(n)
-                row = {"clients": n, "drop_fraction": fraction, "stage": stage,
+                row = {"clients": n, "drop_fraction": fraction, "stage": stage, "dropped": len(drop.get(STAGES.get(stage, ""), [])),
                        "completed": run.aggregate is not None, "failure": run.failure, "seconds": round(seconds, 2)}
                 if run.aggregate is not None:
                     k = run.aggregate.n_contributors

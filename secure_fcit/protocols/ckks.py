@@ -14,17 +14,21 @@ parameters alone: no secret key, no Galois or relinearization keys (checked at l
 check and add ciphertexts but neither encrypt nor decrypt.
 
 One sum: each client encrypts its vector and signs (round binding, SHA-256 of the ciphertexts);
-the coordinator verifies the signature and adds the ciphertexts. Then it asks a *decryptor*, the
-first surviving contributor in id order, to decrypt. The decryptor receives every signed
-contribution, verifies each signature, refuses fewer than ``k_min`` distinct contributors, adds
-the ciphertexts itself and checks the coordinator's sum is byte-identical, so it never decrypts
-anything but an aggregate of signed contributions. It adds Gaussian noise (ChaCha20) of standard
+the coordinator verifies the signature and adds the ciphertexts. It sends the contributor list to
+every contributor, and each signs it, one list per sum: two decrypted lists of one sum would
+reveal their difference, so a client never confirms a second one. Then the coordinator asks a
+*decryptor*, the first surviving contributor in id order, to decrypt. The decryptor receives every
+signed contribution and every contributor's signature of the list; it decrypts only the list it
+confirmed itself, of at least ``k_min`` contributors all of whom confirmed it, adds the
+ciphertexts itself and checks the coordinator's sum is byte-identical, and decrypts at most once
+per sum. It adds Gaussian noise (ChaCha20) of standard
 deviation ``2^flood_bits`` times the estimated CKKS error before releasing the plaintext (noise
 flooding against decryption-oracle key recovery, CPA^D), and logs every decryption it performs.
 If the decryptor drops, the next contributor is asked.
 
-Trust assumption: every client holds the secret key. A client that colludes with the coordinator
-can decrypt every individual contribution the coordinator holds; masking has no such single point.
+Trust assumption: every client holds the secret key, and the decryptor receives every
+contribution's ciphertext (to check the sum). A curious decryptor, or any client colluding with
+the coordinator, can decrypt individual contributions; masking has no such single point.
 """
 
 from __future__ import annotations
@@ -78,6 +82,8 @@ __all__ = [
     "write_keys",
     "load_public",
     "load_secret",
+    "ContributorList",
+    "ContributorSignature",
     "DecryptRequest",
     "DecryptedSum",
     "CKKSAggregator",
@@ -247,8 +253,11 @@ class CKKSContext:
                 self._scratch.load(ct, data[offset : offset + size], self.context)
             except (RuntimeError, ValueError) as exc:
                 raise ValueError(f"not a ciphertext of these parameters ({exc})") from None
-            if ct.size() != 2 or ct.scale != SCALE or ct.parms_id() != self.context.first_parms_id():
-                raise ValueError("a ciphertext of another size, scale or level")
+            if (
+                ct.size() != 2 or ct.scale != SCALE or not ct.is_ntt_form()
+                or ct.parms_id() != self.context.first_parms_id()
+            ):
+                raise ValueError("a ciphertext of another size, scale, form or level")
             parts.append(ct)
             offset += size
             if len(parts) > want:
@@ -258,11 +267,15 @@ class CKKSContext:
         return parts
 
     def add(self, a: list, b: list) -> list:
+        """Slot-wise sum of two parsed vectors; ``ValueError`` if SEAL refuses (mismatched ciphertexts)."""
         seal = _seal()
         out = []
         for x, y in zip(a, b, strict=True):
             z = seal.Ciphertext()
-            self.evaluator.add(x, y, z)
+            try:
+                self.evaluator.add(x, y, z)
+            except (RuntimeError, ValueError) as exc:
+                raise ValueError(f"ciphertexts cannot be added: {exc}") from None
             out.append(z)
         return out
 
@@ -342,19 +355,46 @@ def _ckks_message(cls: type) -> type:
     return register_message(dataclass(frozen=True, eq=False, kw_only=True, repr=False)(cls))
 
 
+def _check_sig(name: str, value: object) -> None:
+    if not isinstance(value, bytes) or len(value) != _SIG:
+        raise ConfigError(f"{name} must be {_SIG} bytes")
+
+
+@_ckks_message
+class ContributorList(Message):
+    """Coordinator -> contributors: who is in the sum to be decrypted (each signs it, once per sum)."""
+
+    contributors: tuple[str, ...]
+
+    def _validate(self) -> None:
+        check_ids("contributors", self.contributors)
+
+
+@_ckks_message
+class ContributorSignature(Message):
+    """Contributor -> coordinator: its Ed25519 signature of the contributor list."""
+
+    signature: bytes
+
+    def _validate(self) -> None:
+        _check_sig("signature", self.signature)
+
+
 @_ckks_message
 class DecryptRequest(Message):
     """Coordinator -> decryptor: the signed contributions (row i: offsets[i]:offsets[i+1] of
-    ``blobs``) and the coordinator's ciphertext sum."""
+    ``blobs``), every contributor's signature of the list, and the coordinator's ciphertext sum."""
 
     arrays: ClassVar[dict[str, tuple[tuple[str, ...], int]]] = {
         "blobs": (("|u1",), 1),
         "offsets": (("<i8",), 1),
+        "list_signatures": (("|u1",), 2),
         "total": (("|u1",), 1),
     }
     contributors: tuple[str, ...]
     blobs: np.ndarray
     offsets: np.ndarray
+    list_signatures: np.ndarray
     total: np.ndarray
 
     def _validate(self) -> None:
@@ -364,6 +404,8 @@ class DecryptRequest(Message):
             raise ConfigError("offsets must run from 0 to len(blobs), one more than contributors")
         if np.any(np.diff(o) <= _SIG):
             raise ConfigError("every contribution must be longer than its signature")
+        if self.list_signatures.shape != (len(self.contributors), _SIG):
+            raise ConfigError(f"list_signatures must have shape ({len(self.contributors)}, {_SIG})")
 
 
 @_ckks_message
@@ -390,6 +432,10 @@ def _signed_bytes(binding: bytes, sender: str, ciphertext: bytes) -> bytes:
     return b"|".join([binding, b"contribution", sender.encode(), hashlib.sha256(ciphertext).digest()])
 
 
+def _list_bytes(binding: bytes, contributors: Sequence[str]) -> bytes:
+    return b"|".join([binding, b"contributors", json.dumps(sorted(contributors)).encode()])
+
+
 def _u8(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).copy()
 
@@ -399,10 +445,11 @@ _CONTRIBUTION = {"token": TokenUpload, "update": UpdateUpload}
 
 # ----------------------------------------------------------------------------- client side
 class CKKSClient(ClientAggregator):
-    """Worker side: encrypt and sign; when asked as decryptor, check, decrypt, flood and log."""
+    """Worker side: encrypt and sign; confirm one contributor list per sum; when asked as the
+    decryptor, check, decrypt (once per sum), flood and log."""
 
     kind: ClassVar[str] = "ckks"
-    message_types: ClassVar[tuple[type[Message], ...]] = (DecryptRequest,)
+    message_types: ClassVar[tuple[type[Message], ...]] = (ContributorList, DecryptRequest)
 
     def __init__(
         self,
@@ -423,6 +470,8 @@ class CKKSClient(ClientAggregator):
         self._round: AggregationRound | None = None
         self._cohort: frozenset[str] = frozenset()
         self._length = 0
+        self._signed: tuple[str, ...] | None = None  # the one contributor list signed in this sum
+        self._decrypted = False
 
     def begin(
         self, round_id: AggregationRound, cohort: Sequence[str], vector: np.ndarray, upload: UploadFactory
@@ -431,25 +480,63 @@ class CKKSClient(ClientAggregator):
         if x.ndim != 1 or not np.isfinite(x).all():
             raise LocalProtocolError("the contribution must be a finite 1-D vector", stage=_STAGE)
         self._round, self._cohort, self._length = round_id, frozenset(cohort), x.size
+        self._signed, self._decrypted = None, False
         ciphertext = self.context.encrypt(x)
         signature = self.identity.signing.sign(_signed_bytes(_binding(round_id), self.client_id, ciphertext))
         return [upload(_u8(signature + ciphertext), ENCODING)]
 
     def receive(self, message: Message) -> list[Message]:
-        if not isinstance(message, DecryptRequest) or self._round is None:
+        if not isinstance(message, ContributorList | DecryptRequest) or self._round is None:
             raise RemoteProtocolError(f"unexpected {type(message).__name__}", stage=_STAGE)
         if not self._round.binds(message):
-            raise RemoteProtocolError("decryption request for another sum", stage=_STAGE)
-        binding = _binding(self._round)
-        contributors = message.contributors
-        if not set(contributors) <= self._cohort or self.client_id not in contributors:
-            raise RemoteProtocolError("decryption request names non-members", stage=_STAGE)
-        if len(contributors) < self.params.k_min:
+            raise RemoteProtocolError(f"{type(message).__name__} for another sum", stage=_STAGE)
+        if isinstance(message, ContributorList):
+            return self._confirm(message)
+        return self._decrypt(message)
+
+    def _check_list(self, contributors: tuple[str, ...]) -> tuple[str, ...]:
+        listed = tuple(sorted(contributors))
+        if not set(listed) <= self._cohort or self.client_id not in listed:
+            raise RemoteProtocolError("the contributor list names non-members or omits this client", stage=_STAGE)
+        if len(listed) < self.params.k_min:
             raise RemoteProtocolError(
-                f"refusing to decrypt an aggregate of {len(contributors)} contributions; k_min = "
-                f"{self.params.k_min}",
+                f"refusing a sum of {len(listed)} contributions; k_min = {self.params.k_min}", stage=_STAGE
+            )
+        return listed
+
+    def _confirm(self, message: ContributorList) -> list[Message]:
+        listed = self._check_list(message.contributors)
+        if self._signed is not None and self._signed != listed:
+            raise RemoteProtocolError(
+                "asked to confirm a second, different contributor list for the same sum: refused "
+                "(two decrypted lists would reveal their difference)",
                 stage=_STAGE,
             )
+        self._signed = listed
+        signature = self.identity.signing.sign(_list_bytes(_binding(self._round), listed))
+        return [ContributorSignature(
+            federation_id=message.federation_id, stage=message.stage, round=message.round,
+            attempt=message.attempt, sender=self.client_id, signature=signature,
+        )]
+
+    def _decrypt(self, message: DecryptRequest) -> list[Message]:
+        assert self._round is not None
+        binding = _binding(self._round)
+        contributors = self._check_list(message.contributors)
+        if tuple(message.contributors) != contributors:
+            raise RemoteProtocolError("the contributor list must be sorted", stage=_STAGE)
+        if self._decrypted:
+            raise RemoteProtocolError("this sum was already decrypted once: refused", stage=_STAGE)
+        if self._signed != contributors:
+            raise RemoteProtocolError(
+                "refusing to decrypt a contributor list other than the one this client confirmed", stage=_STAGE
+            )
+        body = _list_bytes(binding, contributors)
+        for i, member in enumerate(contributors):
+            try:
+                verify(self.directory[member], message.list_signatures[i].tobytes(), body)
+            except (CryptoError, KeyError):
+                raise RemoteProtocolError(f"{member!r} did not confirm this contributor list", stage=_STAGE) from None
         total = None
         blobs = message.blobs.tobytes()
         for i, sender in enumerate(contributors):
@@ -461,9 +548,9 @@ class CKKSClient(ClientAggregator):
                 raise RemoteProtocolError(f"{sender!r}'s contribution is not signed by {sender!r}", stage=_STAGE) from None
             try:
                 part = self.context.parse(ciphertext, self._length)
+                total = part if total is None else self.context.add(total, part)
             except ValueError as exc:
                 raise RemoteProtocolError(f"{sender!r}'s contribution is not a CKKS ciphertext: {exc}", stage=_STAGE) from None
-            total = part if total is None else self.context.add(total, part)
         assert total is not None
         if self.context.serialize(total) != message.total.tobytes():
             raise RemoteProtocolError(
@@ -471,9 +558,8 @@ class CKKSClient(ClientAggregator):
                 "refusing to decrypt",
                 stage=_STAGE,
             )
+        self._decrypted = True
         values = self.context.decrypt(total, self._length)
-        if values.size != self._length:
-            raise RemoteProtocolError(f"the aggregate has {values.size} values, not {self._length}", stage=_STAGE)
         std = self.params.flood_std(len(contributors))
         values = values + std * ChaCha20PRG().normal(values.size)
         record = {
@@ -501,11 +587,12 @@ class CKKSClient(ClientAggregator):
 
 # ----------------------------------------------------------------------------- coordinator side
 class CKKSAggregator(SecureAggregator):
-    """Coordinator side: verifies and adds ciphertexts, then asks a contributor to decrypt."""
+    """Coordinator side: verifies and adds ciphertexts, has every contributor confirm the list,
+    then asks one contributor to decrypt."""
 
     kind: ClassVar[str] = "ckks"
     encoding: ClassVar[str] = ENCODING
-    message_types: ClassVar[tuple[type[Message], ...]] = (DecryptedSum,)
+    message_types: ClassVar[tuple[type[Message], ...]] = (ContributorSignature, DecryptedSum)
 
     def __init__(
         self,
@@ -524,10 +611,12 @@ class CKKSAggregator(SecureAggregator):
         self._round: AggregationRound | None = None
         self._cohort: tuple[str, ...] = ()
         self._length = 0
+        self._stage = "collect"
         self._gone: set[str] = set()
         self._blobs: dict[str, bytes] = {}
         self._total = None
         self._contributors: tuple[str, ...] = ()
+        self._list_signatures: dict[str, bytes] = {}
         self._decryptor: str | None = None
         self._failure: str | None = None
         self._result: Aggregate | None = None
@@ -549,9 +638,11 @@ class CKKSAggregator(SecureAggregator):
             raise RemoteProtocolError(f"{sender!r} is not in this sum", stage=_STAGE)
         if message.sender != sender or not rnd.binds(message):
             raise RemoteProtocolError(f"{type(message).__name__} from {sender!r} is for another sum", stage=_STAGE)
+        if isinstance(message, ContributorSignature):
+            return self._on_confirmed(sender, message)
         if isinstance(message, DecryptedSum):
             return self._on_decrypted(sender, message)
-        if type(message) is not _CONTRIBUTION[rnd.phase] or self._decryptor is not None:
+        if type(message) is not _CONTRIBUTION[rnd.phase] or self._stage != "collect":
             raise RemoteProtocolError(f"unexpected {type(message).__name__} from {sender!r}", stage=_STAGE)
         if sender in self._blobs:
             raise RemoteProtocolError(f"duplicate contribution from {sender!r}", stage=_STAGE)
@@ -576,10 +667,16 @@ class CKKSAggregator(SecureAggregator):
         if sender not in self._cohort:
             raise LocalProtocolError(f"{sender!r} is not in this sum's cohort", stage=_STAGE)
         self._gone.add(sender)
-        if self._decryptor is None:
+        if self._stage == "collect":
             self._blobs.pop(sender, None)  # an offender's ciphertext leaves the sum
             return self._advance()
-        if sender == self._decryptor:
+        if self._stage == "confirm" and sender in self._contributors:
+            self._failure = (
+                f"{sender!r} left before confirming the contributor list; a list cannot change once "
+                "sent, so the sum is retried"
+            )
+            return []
+        if self._stage == "decrypt" and sender == self._decryptor:
             return self._ask_next()
         return []
 
@@ -598,12 +695,12 @@ class CKKSAggregator(SecureAggregator):
             raise LocalProtocolError("this secure sum is over", stage=_STAGE)
         return self._round
 
-    def _recompute(self):
-        total = None
-        for sender in sorted(self._blobs):
-            part = self.context.parse(self._blobs[sender][_SIG:], self._length)
-            total = part if total is None else self.context.add(total, part)
-        return total
+    def _message(self, cls: type[Message], **fields: object) -> Message:
+        rnd = self._open()
+        return cls(
+            federation_id=rnd.federation_id, stage=rnd.stage, round=rnd.round, attempt=rnd.attempt,
+            sender=self.coordinator_id, **fields,
+        )
 
     def _advance(self) -> list[Outgoing]:
         if set(self._blobs) | self._gone < set(self._cohort):
@@ -613,12 +710,34 @@ class CKKSAggregator(SecureAggregator):
         if len(self._contributors) < need:
             self._failure = f"only {len(self._contributors)} contributions arrived; at least {need} (k_min) needed"
             return []
-        # A fixed order makes the sum byte-identical to the decryptor's own.
-        self._total = self._recompute()
+        total = None
+        for sender in self._contributors:  # a fixed order: the decryptor's own sum is byte-identical
+            part = self.context.parse(self._blobs[sender][_SIG:], self._length)
+            try:
+                total = part if total is None else self.context.add(total, part)
+            except ValueError as exc:  # parse() already refuses mismatched ciphertexts; belt and braces
+                self._failure = f"the contributions cannot be added: {exc}"
+                return []
+        self._total = total
+        self._stage = "confirm"
+        request = self._message(ContributorList, contributors=self._contributors)
+        return [(c, request) for c in self._contributors]
+
+    def _on_confirmed(self, sender: str, message: ContributorSignature) -> list[Outgoing]:
+        rnd = self._open()
+        if self._stage != "confirm" or sender not in self._contributors or sender in self._list_signatures:
+            raise RemoteProtocolError(f"unexpected contributor-list signature from {sender!r}", stage=_STAGE)
+        try:
+            verify(self.directory[sender], message.signature, _list_bytes(_binding(rnd), self._contributors))
+        except CryptoError:
+            raise RemoteProtocolError(f"{sender!r}'s contributor-list signature is bad", stage=_STAGE) from None
+        self._list_signatures[sender] = message.signature
+        if len(self._list_signatures) < len(self._contributors):
+            return []
+        self._stage = "decrypt"
         return self._ask_next()
 
     def _ask_next(self) -> list[Outgoing]:
-        rnd = self._open()
         candidates = [c for c in self._contributors if c not in self._gone]
         if not candidates:
             self._failure = "every contributor dropped before decrypting the aggregate"
@@ -626,16 +745,18 @@ class CKKSAggregator(SecureAggregator):
         self._decryptor = candidates[0]
         rows = [self._blobs[c] for c in self._contributors]
         offsets = np.cumsum([0] + [len(r) for r in rows]).astype(np.int64)
-        request = DecryptRequest(
-            federation_id=rnd.federation_id, stage=rnd.stage, round=rnd.round, attempt=rnd.attempt,
-            sender=self.coordinator_id, contributors=self._contributors, blobs=_u8(b"".join(rows)),
-            offsets=offsets, total=_u8(self.context.serialize(self._total)),
+        signatures = np.frombuffer(
+            b"".join(self._list_signatures[c] for c in self._contributors), dtype=np.uint8
+        ).reshape(len(self._contributors), _SIG).copy()
+        request = self._message(
+            DecryptRequest, contributors=self._contributors, blobs=_u8(b"".join(rows)), offsets=offsets,
+            list_signatures=signatures, total=_u8(self.context.serialize(self._total)),
         )
         return [(self._decryptor, request)]
 
     def _on_decrypted(self, sender: str, message: DecryptedSum) -> list[Outgoing]:
         rnd = self._open()
-        if sender != self._decryptor:
+        if self._stage != "decrypt" or sender != self._decryptor:
             raise RemoteProtocolError(f"{sender!r} was not asked to decrypt", stage=_STAGE)
         if message.vector.size != self._length or message.n_contributors != len(self._contributors):
             raise RemoteProtocolError(f"{sender!r} returned a sum of the wrong length or count", stage=_STAGE)

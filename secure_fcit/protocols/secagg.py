@@ -91,7 +91,7 @@ ENCODING = "masking-u32"
 _STAGE = "secagg"
 _KEY = 32
 _SIG = 64
-_DIR_ENTRY = 2 * _KEY + _SIG
+_DIR_ENTRY = 3 * _KEY + _SIG  # transport key | mask key | seed commitment | signature
 _SHARES = 2 * shamir.SHARE_BYTES
 _SEALED = 12 + _SHARES + 16
 _U8 = ("|u1",)
@@ -201,8 +201,46 @@ def _binding(round_id: AggregationRound) -> bytes:
     ).encode()
 
 
-def _advert_bytes(binding: bytes, sender: str, transport: bytes, mask: bytes) -> bytes:
-    return b"|".join([binding, b"advert", sender.encode(), transport, mask])
+def _advert_bytes(binding: bytes, sender: str, transport: bytes, mask: bytes, commitment: bytes) -> bytes:
+    return b"|".join([binding, b"advert", sender.encode(), transport, mask, commitment])
+
+
+def _commit(binding: bytes, seed: bytes) -> bytes:
+    """SHA-256 commitment to a self-mask seed (the 256-bit seed is uniformly random: it hides it)."""
+    return hashlib.sha256(binding + b"|seed|" + seed).digest()
+
+
+def _check_public(key: bytes) -> bool:
+    """Whether ``key`` is an X25519 public key of large order (a low-order key gives a zero secret)."""
+    try:
+        agree(KeyPair.generate(), key, b"probe")
+    except CryptoError:
+        return False
+    return True
+
+
+def _combine_checked(shares: Mapping[int, int], t: int, check) -> bytes | None:
+    """A secret from ``shares`` that passes ``check``: the first t shares, else leave-one-out and
+    sliding windows of t, so one or a few wrong shares among spare ones do not spoil the sum."""
+    xs = sorted(shares)
+    if len(xs) < t:
+        return None
+    tried: set[tuple[int, ...]] = set()
+    subsets = [xs[:t]]
+    subsets += [[x for x in xs if x != skip][:t] for skip in xs]
+    subsets += [(xs + xs)[i : i + t] for i in range(len(xs))]
+    for subset in subsets:
+        key = tuple(sorted(subset))
+        if len(key) < t or key in tried:
+            continue
+        tried.add(key)
+        try:
+            secret = shamir.combine({x: shares[x] for x in key}, t)
+        except CryptoError:
+            continue
+        if check(secret):
+            return secret
+    return None
 
 
 def _survivors_bytes(binding: bytes, survivors: Sequence[str]) -> bytes:
@@ -215,6 +253,14 @@ def _share_ad(binding: bytes, sender: str, recipient: str) -> bytes:
 
 def _pair_mask(seed_key: bytes, n: int) -> np.ndarray:
     return expand_mask(seed_key, n)
+
+
+def _key_matches(raw: bytes, public: bytes) -> bool:
+    """Whether ``raw`` is the X25519 private key of ``public``."""
+    try:
+        return KeyPair(X25519PrivateKey.from_private_bytes(raw)).public == public
+    except ValueError:
+        return False
 
 
 def _raw_private(key: X25519PrivateKey) -> bytes:
@@ -244,17 +290,19 @@ class KeyAdvert(Message):
 
     transport_key: bytes
     mask_key: bytes
+    seed_commitment: bytes
     signature: bytes
 
     def _validate(self) -> None:
         _check_len("transport_key", self.transport_key, _KEY)
         _check_len("mask_key", self.mask_key, _KEY)
+        _check_len("seed_commitment", self.seed_commitment, _KEY)
         _check_len("signature", self.signature, _SIG)
 
 
 @_secagg_message
 class KeyDirectory(Message):
-    """Coordinator -> client: the signed adverts of its neighbourhood (row = transport|mask|sig)."""
+    """Coordinator -> client: the signed adverts of its neighbourhood (row = transport|mask|commitment|sig)."""
 
     arrays: ClassVar[dict[str, tuple[tuple[str, ...], int]]] = {"keys": (_U8, 2)}
     members: tuple[str, ...]
@@ -441,8 +489,13 @@ class MaskingClient(ClientAggregator):
         session = _ClientSession(rnd, self.client_id, rnd.fp.encode(x), upload)
         self._session = session
         transport, mask = session.transport.public, session.mask.public
-        signature = self.identity.signing.sign(_advert_bytes(rnd.binding, self.client_id, transport, mask))
-        return [self._message(KeyAdvert, transport_key=transport, mask_key=mask, signature=signature)]
+        commitment = _commit(rnd.binding, session.seed)
+        signature = self.identity.signing.sign(
+            _advert_bytes(rnd.binding, self.client_id, transport, mask, commitment)
+        )
+        return [self._message(
+            KeyAdvert, transport_key=transport, mask_key=mask, seed_commitment=commitment, signature=signature
+        )]
 
     def receive(self, message: Message) -> list[Message]:
         session = self._session
@@ -487,16 +540,22 @@ class MaskingClient(ClientAggregator):
         seen: set[bytes] = set()
         for i, member in enumerate(members):
             row = message.keys[i].tobytes()
-            transport, mask, signature = row[:_KEY], row[_KEY : 2 * _KEY], row[2 * _KEY :]
+            transport, mask, commitment = row[:_KEY], row[_KEY : 2 * _KEY], row[2 * _KEY : 3 * _KEY]
+            signature = row[3 * _KEY :]
             try:
-                verify(self.directory[member], signature, _advert_bytes(rnd.binding, member, transport, mask))
+                verify(self.directory[member], signature,
+                       _advert_bytes(rnd.binding, member, transport, mask, commitment))
             except CryptoError:
                 raise RemoteProtocolError(f"{member!r}'s advertised keys carry a bad signature", stage=_STAGE) from None
+            if not (_check_public(transport) and _check_public(mask)):
+                raise RemoteProtocolError(f"{member!r} advertised a low-order X25519 key", stage=_STAGE)
             if transport in seen or mask in seen:
                 raise RemoteProtocolError("two advertised keys are equal", stage=_STAGE)
             seen |= {transport, mask}
             session.adverts[member] = (transport, mask)
-        if session.adverts[me] != (session.transport.public, session.mask.public):
+        if session.adverts[me] != (session.transport.public, session.mask.public) or message.keys[
+            members.index(me)
+        ].tobytes()[2 * _KEY : 3 * _KEY] != _commit(rnd.binding, session.seed):
             raise RemoteProtocolError("the key directory altered this client's own keys", stage=_STAGE)
         holders = sorted(members)
         xs = [rnd.x[h] for h in holders]
@@ -509,7 +568,7 @@ class MaskingClient(ClientAggregator):
             if holder == me:
                 session.held[me] = (seed_shares[x], key_shares[x])
                 continue
-            key = agree(session.transport, session.adverts[holder][0], rnd.binding + b"|share")
+            key = self._agree(session.transport, session.adverts[holder][0], rnd.binding + b"|share", holder)
             plain = shamir.share_to_bytes(seed_shares[x]) + shamir.share_to_bytes(key_shares[x])
             recipients.append(holder)
             sealed.append(seal(key, plain, _share_ad(rnd.binding, me, holder)))
@@ -527,7 +586,7 @@ class MaskingClient(ClientAggregator):
                 f"only {len(senders)} neighbours shared keys; t = {rnd.t(me)}", stage=_STAGE
             )
         for i, sender in enumerate(senders):
-            key = agree(session.transport, session.adverts[sender][0], rnd.binding + b"|share")
+            key = self._agree(session.transport, session.adverts[sender][0], rnd.binding + b"|share", sender)
             try:
                 plain = open_sealed(key, message.ciphertexts[i].tobytes(), _share_ad(rnd.binding, sender, me))
                 session.held[sender] = (
@@ -539,7 +598,7 @@ class MaskingClient(ClientAggregator):
         n = session.encoded.size
         y = session.encoded + expand_mask(session.seed, n)  # uint32 arithmetic wraps mod 2^32
         for sender in senders:
-            pair = agree(session.mask, session.adverts[sender][1], rnd.binding + b"|mask")
+            pair = self._agree(session.mask, session.adverts[sender][1], rnd.binding + b"|mask", sender)
             if me < sender:
                 y += _pair_mask(pair, n)
             else:
@@ -612,6 +671,13 @@ class MaskingClient(ClientAggregator):
         ]
 
     @staticmethod
+    def _agree(mine: KeyPair, theirs: bytes, info: bytes, peer: str) -> bytes:
+        try:
+            return agree(mine, theirs, info)
+        except CryptoError:
+            raise RemoteProtocolError(f"{peer!r}'s key gives no shared secret (low order)", stage=_STAGE) from None
+
+    @staticmethod
     def _reveal(session: _ClientSession, owner: str, kind: str) -> None:
         """The rule masking rests on: never both shares of one owner."""
         previous = session.revealed.setdefault(owner, kind)
@@ -672,6 +738,7 @@ class MaskingAggregator(SecureAggregator):
         self._gone: set[str] = set()
         self._answers: dict[str, Message] = {}
         self._adverts: dict[str, tuple[bytes, bytes]] = {}
+        self._commitments: dict[str, bytes] = {}
         self._sealed: dict[str, dict[str, bytes]] = {}  # recipient -> sender -> sealed shares
         self._delivered: dict[str, tuple[str, ...]] = {}
         self._masked: dict[str, np.ndarray] = {}
@@ -738,10 +805,12 @@ class MaskingAggregator(SecureAggregator):
             verify(
                 self.directory[sender],
                 message.signature,
-                _advert_bytes(rnd.binding, sender, message.transport_key, message.mask_key),
+                _advert_bytes(rnd.binding, sender, message.transport_key, message.mask_key, message.seed_commitment),
             )
         except CryptoError:
             raise RemoteProtocolError(f"{sender!r}'s key advert carries a bad signature", stage=_STAGE) from None
+        if not (_check_public(message.transport_key) and _check_public(message.mask_key)):
+            raise RemoteProtocolError(f"{sender!r} advertised a low-order X25519 key", stage=_STAGE)
 
     def _check_share(self, sender: str, message: ShareUpload) -> None:
         want = tuple(sorted(self._neighbours_in(sender, self.stage_sets["advertised"]) - {sender}))
@@ -844,6 +913,7 @@ class MaskingAggregator(SecureAggregator):
             advert = self._answers[u]
             assert isinstance(advert, KeyAdvert)
             self._adverts[u] = (advert.transport_key, advert.mask_key)
+            self._commitments[u] = advert.seed_commitment
         out: list[Outgoing] = []
         for u in u1:
             members = tuple(sorted(self._neighbours_in(u, u1)))
@@ -851,7 +921,7 @@ class MaskingAggregator(SecureAggregator):
             for v in members:
                 advert = self._answers[v]
                 assert isinstance(advert, KeyAdvert)
-                rows.append(advert.transport_key + advert.mask_key + advert.signature)
+                rows.append(advert.transport_key + advert.mask_key + advert.seed_commitment + advert.signature)
             out.append((u, self._message(KeyDirectory, members=members, keys=_rows(rows, _DIR_ENTRY))))
         self._next("share", u1)
         return out
@@ -935,10 +1005,10 @@ class MaskingAggregator(SecureAggregator):
             shares = seed_shares.get(u, {})
             if len(shares) < rnd.t(u):
                 return self._fail(f"{len(shares)} seed shares of {u!r} came back; t = {rnd.t(u)}")
-            try:
-                seed = shamir.combine(shares, rnd.t(u))
-            except CryptoError as exc:
-                return self._fail(f"the seed shares of {u!r} do not combine: {exc}")
+            commitment = self._commitments[u]
+            seed = _combine_checked(shares, rnd.t(u), lambda b, c=commitment: _commit(rnd.binding, b) == c)
+            if seed is None:
+                return self._fail(f"no {rnd.t(u)} of the {len(shares)} seed shares of {u!r} rebuild its committed seed")
             total -= expand_mask(seed, self._length)
         alive = set(self._survivors)
         dropped = sorted(set(self.stage_sets["shared"]) - alive)
@@ -949,15 +1019,16 @@ class MaskingAggregator(SecureAggregator):
             shares = key_shares.get(v, {})
             if len(shares) < rnd.t(v):
                 return self._fail(f"{len(shares)} key shares of dropped {v!r} came back; t = {rnd.t(v)}")
-            try:
-                private = X25519PrivateKey.from_private_bytes(shamir.combine(shares, rnd.t(v)))
-            except (CryptoError, ValueError) as exc:
-                return self._fail(f"the key shares of {v!r} do not combine: {exc}")
-            pair = KeyPair(private)
-            if pair.public != self._adverts[v][1]:
-                return self._fail(f"the key shares of {v!r} rebuild a key other than the one it advertised")
+            raw = _combine_checked(shares, rnd.t(v), lambda k, pk=self._adverts[v][1]: _key_matches(k, pk))
+            if raw is None:
+                return self._fail(f"no {rnd.t(v)} of the {len(shares)} key shares of {v!r} rebuild its advertised key")
+            pair = KeyPair(X25519PrivateKey.from_private_bytes(raw))
             for u in partners:
-                mask = _pair_mask(agree(pair, self._adverts[u][1], rnd.binding + b"|mask"), self._length)
+                try:
+                    seed = agree(pair, self._adverts[u][1], rnd.binding + b"|mask")
+                except CryptoError:  # ruled out at advertise; never trust that blindly
+                    return self._fail(f"{u!r}'s mask key gives no shared secret")
+                mask = _pair_mask(seed, self._length)
                 if u < v:
                     total -= mask
                 else:

@@ -18,6 +18,8 @@ from secure_fcit.protocols.ckks import (
     CKKSAggregator,
     CKKSClient,
     CKKSParams,
+    ContributorList,
+    DecryptRequest,
     _pack,
     _unpack,
     create_keys,
@@ -185,35 +187,62 @@ def test_the_coordinators_ckks_context_cannot_decrypt_and_refuses_secret_keys():
         load_public(_pack({**sections, "galois_keys": b"\x00" * 64}))
 
 
-def test_the_ckks_decryptor_refuses_fewer_than_k_min_or_a_forged_sum():
+def _subset(request, keep):
+    """``request`` cut down to the contributors in ``keep`` (its rows and signatures)."""
+    index = [request.contributors.index(c) for c in keep]
+    rows = [request.blobs[int(request.offsets[i]) : int(request.offsets[i + 1])] for i in index]
+    return dataclasses.replace(
+        request, contributors=tuple(keep), blobs=np.concatenate(rows),
+        offsets=np.cumsum([0] + [r.size for r in rows]).astype(np.int64),
+        list_signatures=request.list_signatures[index].copy(),
+    )
+
+
+def test_the_ckks_decryptor_decrypts_one_confirmed_list_once():
     keys = create_keys()
     ids = ["a", "b", "c"]
     identities, directory = make_identities(ids)
-    params = CKKSParams(k_min=3)
+    params = CKKSParams(k_min=2)
     clients = {c: CKKSClient(identities[c], directory, keys.secret, params) for c in ids}
-    vectors = {c: np.ones(100) for c in ids}
-    aggregator = CKKSAggregator(directory, keys.public, params)
-    result = run_secure_sum(aggregator, clients, vectors, RID, drop={"UpdateUpload": ["c"]})
-    assert result.aggregate is None and "k_min" in result.failure
-    # A coordinator that hands the decryptor something other than the signed contributions' sum.
-    from secure_fcit.protocols.ckks import DecryptRequest
+    vectors = {c: np.full(100, float(i + 1)) for i, c in enumerate(ids)}
+    real = {c: clients[c].receive for c in ids}
+    captured: dict = {}
 
-    aggregator = CKKSAggregator(directory, keys.public, CKKSParams(k_min=2))
-    captured: list = []
-    real_receive = clients["a"].receive
+    def spy(c):
+        def receive(message):
+            if isinstance(message, DecryptRequest):
+                captured[c] = message
+                # A coordinator handing over one contribution as "the sum" is refused, and the
+                # refusal consumes nothing: the honest request below still works.
+                one = message.blobs[64 + int(message.offsets[1]) : int(message.offsets[2])].copy()
+                with pytest.raises(RemoteProtocolError, match="differs from the sum"):
+                    real[c](dataclasses.replace(message, total=one))
+            return real[c](message)
+        return receive
 
-    def spy(message):
-        if isinstance(message, DecryptRequest):
-            captured.append(message)
-        return real_receive(message)
-
-    clients["a"].receive = spy  # type: ignore[method-assign]
-    run_secure_sum(aggregator, clients, vectors, RID)
-    request = captured[0]
-    forged_total = request.blobs[64 + int(request.offsets[0]) : int(request.offsets[1])].copy()
-    with pytest.raises(RemoteProtocolError, match="differs from the sum"):
-        real_receive(dataclasses.replace(request, total=forged_total))
-    assert len(clients["a"].decryptions) == 1  # the one honest decryption was logged
+    for c in ids:
+        clients[c].receive = spy(c)  # type: ignore[method-assign]
+    result = run_secure_sum(CKKSAggregator(directory, keys.public, params), clients, vectors, RID)
+    np.testing.assert_allclose(result.aggregate.vector, np.full(100, 6.0), rtol=1e-6)
+    assert list(captured) == ["a"] and len(clients["a"].decryptions) == 1
+    request = captured["a"]
+    # The difference attack: {a, b, c} decrypted, then {a, c} would give b's vector.
+    subset = _subset(request, ["a", "c"])
+    with pytest.raises(RemoteProtocolError, match="already decrypted"):
+        real["a"](subset)  # the same decryptor: once per sum
+    with pytest.raises(RemoteProtocolError, match="other than the one this client confirmed"):
+        real["c"](subset)  # another one: only the list it confirmed
+    with pytest.raises(RemoteProtocolError, match="second, different contributor list"):
+        real["c"](ContributorList(federation_id=RID.federation_id, stage=RID.stage, round=RID.round,
+                                  attempt=RID.attempt, sender="coordinator", contributors=("a", "c")))
+    # Below k_min a client confirms nothing and decrypts nothing.
+    strict = CKKSClient(identities["b"], directory, keys.secret, CKKSParams(k_min=3))
+    strict.begin(RID, ids, vectors["b"], lambda payload, encoding: None)
+    with pytest.raises(RemoteProtocolError, match="k_min = 3"):
+        strict.receive(ContributorList(federation_id=RID.federation_id, stage=RID.stage, round=RID.round,
+                                       attempt=RID.attempt, sender="coordinator", contributors=("a", "b")))
+    with pytest.raises(RemoteProtocolError, match="k_min = 3"):
+        strict.receive(_subset(request, ["a", "b"]))
 
 
 @pytest.mark.parametrize("aggregation", ["masking", "ckks"])

@@ -15,6 +15,8 @@ from secure_fcit.protocols.ckks import (
     CKKSAggregator,
     CKKSClient,
     CKKSParams,
+    _binding,
+    _signed_bytes,
     create_keys,
     load_secret,
     write_keys,
@@ -76,7 +78,7 @@ def test_too_few_contributions_abort(keys):
     assert result.aggregate is None and "k_min" in result.failure
 
 
-@pytest.mark.parametrize("kind", ["garbage", "bad-signature", "wrong-length", "wrong-round"])
+@pytest.mark.parametrize("kind", ["garbage", "bad-signature", "wrong-length", "wrong-round", "not-ntt"])
 def test_a_bad_contribution_drops_its_sender(keys, kind):
     ids, directory, params, clients, vectors = setup(keys)
     offender = ids[2]
@@ -96,6 +98,14 @@ def test_a_bad_contribution_drops_its_sender(keys, kind):
                 return [dataclasses.replace(message, payload=payload)]
             if kind == "wrong-round":
                 return [dataclasses.replace(message, round=message.round + 1)]
+            if kind == "not-ntt":  # a well-formed, correctly signed ciphertext SEAL cannot add
+                ctx = inner.context
+                parts = ctx.parse(message.payload.tobytes()[64:], vector.size)
+                for part in parts:
+                    ctx.evaluator.transform_from_ntt_inplace(part)
+                blob = ctx.serialize(parts)
+                sig = inner.identity.signing.sign(_signed_bytes(_binding(rid), offender, blob))
+                return [dataclasses.replace(message, payload=np.frombuffer(sig + blob, np.uint8).copy())]
             return [message]
 
         def receive(self, m):
@@ -132,3 +142,11 @@ def test_params_are_checked():
         CKKSParams(flood_bits=40)
     assert CKKSParams(flood_bits=3).flood_std(4) == 2 * CKKSParams(flood_bits=2).flood_std(4)
     assert UpdateUpload.__name__ == "UpdateUpload"
+
+
+def test_a_contributor_leaving_before_confirming_the_list_fails_the_sum_for_a_retry(keys):
+    ids, directory, params, clients, vectors = setup(keys)
+    result = run_secure_sum(CKKSAggregator(directory, keys.public, params), clients, vectors, RID,
+                            drop={"ContributorSignature": [ids[2]]})
+    assert result.aggregate is None and "before confirming" in result.failure
+    assert not any(c.decryptions for c in clients.values())  # nothing was decrypted

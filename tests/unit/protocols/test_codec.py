@@ -23,7 +23,7 @@ from secure_fcit.protocols import (
     decode,
     encode,
 )
-from secure_fcit.protocols.ckks import DecryptedSum, DecryptRequest
+from secure_fcit.protocols.ckks import ContributorList, ContributorSignature, DecryptedSum, DecryptRequest
 from secure_fcit.protocols.secagg import (
     KeyAdvert,
     KeyDirectory,
@@ -120,12 +120,13 @@ def _rows(width: int):
 @st.composite
 def secagg_messages(draw):
     base = {k: draw(v) for k, v in common(None).items()}
-    kind = draw(st.integers(0, 9))
+    kind = draw(st.integers(0, 11))
     b32, b64 = st.binary(min_size=32, max_size=32), st.binary(min_size=64, max_size=64)
     if kind == 0:
-        return KeyAdvert(**base, transport_key=draw(b32), mask_key=draw(b32), signature=draw(b64))
+        return KeyAdvert(**base, transport_key=draw(b32), mask_key=draw(b32), seed_commitment=draw(b32),
+                         signature=draw(b64))
     if kind == 1:
-        members, keys = draw(_rows(128))
+        members, keys = draw(_rows(160))
         return KeyDirectory(**base, members=members, keys=keys)
     if kind in (2, 3):
         who, rows = draw(_rows(160))
@@ -149,7 +150,12 @@ def secagg_messages(draw):
         offsets = np.cumsum([0, *sizes]).astype(np.int64)
         return DecryptRequest(**base, contributors=contributors,
                               blobs=draw(hnp.arrays(np.uint8, int(offsets[-1]))), offsets=offsets,
+                              list_signatures=draw(hnp.arrays(np.uint8, (len(contributors), 64))),
                               total=draw(hnp.arrays(np.uint8, st.integers(0, 8))))
+    if kind == 10:
+        return ContributorList(**base, contributors=draw(cohorts))
+    if kind == 11:
+        return ContributorSignature(**base, signature=draw(b64))
     return DecryptedSum(**base, vector=draw(hnp.arrays(np.float64, st.integers(0, 8), elements=f64)),
                         n_contributors=draw(st.integers(1, 50)))
 
@@ -162,7 +168,8 @@ def test_every_registered_type_is_covered():
         "StageStart", "TokenUpload", "SlotPlan", "RoundStart", "UpdateUpload",
         "Refusal", "RoundEnd", "StageEnd", "Abort",
         "KeyAdvert", "KeyDirectory", "ShareUpload", "ShareDelivery", "SurvivorList",
-        "SurvivorSignature", "UnmaskRequest", "UnmaskShares", "DecryptRequest", "DecryptedSum",
+        "SurvivorSignature", "UnmaskRequest", "UnmaskShares", "ContributorList", "ContributorSignature",
+        "DecryptRequest", "DecryptedSum",
     }  # fmt: skip
 
 

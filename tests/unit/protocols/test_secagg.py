@@ -43,9 +43,14 @@ def setup(n: int, params: MaskingParams | None = None, length: int = 64, seed: i
     return ids, directory, params, clients, vectors
 
 
+def dropping(fraction: float, n: int) -> int:
+    """Clients dropped for ``fraction`` of ``n``: floor, but at least one when fraction > 0."""
+    return max(1, int(np.floor(fraction * n))) if fraction else 0
+
+
 def run(n, drop_stage=None, fraction=0.0, params=None, length=64, **kw):
     ids, directory, params, clients, vectors = setup(n, params, length)
-    k = int(np.floor(fraction * n))
+    k = dropping(fraction, n)
     drop = {STAGES[drop_stage]: ids[:k]} if drop_stage else {}
     aggregator = MaskingAggregator(directory, params)
     result = run_secure_sum(aggregator, clients, vectors, RID, drop=drop, **kw)
@@ -66,7 +71,7 @@ def check_exact(result, vectors, params: MaskingParams):
 def test_five_clients_survive_dropouts_at_every_stage(stage, fraction):
     result, vectors, _ = run(5, stage, fraction)
     check_exact(result, vectors, MaskingParams())
-    expected = 5 - int(np.floor(fraction * 5)) if stage in ("advertise", "share", "masked") else 5
+    expected = 5 - dropping(fraction, 5) if stage in ("advertise", "share", "masked") else 5
     assert result.aggregate.n_contributors == expected
 
 
@@ -227,3 +232,56 @@ def test_federation_rounds_complete_when_a_worker_is_lost_or_replays(message_typ
         assert victim not in first["contributors"]
     elif message_type is UnmaskShares:  # its masked input was in before it vanished
         assert victim in first["contributors"]
+
+
+def test_a_signed_low_order_key_drops_its_sender_not_its_neighbours():
+    from secure_fcit.protocols.secagg import _advert_bytes
+
+    ids, directory, params, clients, vectors = setup(5)
+    offender = ids[0]
+    inner = clients[offender]
+
+    class LowOrder:
+        message_types = inner.message_types
+
+        def begin(self, rid, cohort, vector, upload):
+            advert = inner.begin(rid, cohort, vector, upload)[0]
+            binding = inner._session.rnd.binding
+            zero = bytes(32)  # the identity point: every exchange with it is all-zero
+            body = _advert_bytes(binding, offender, advert.transport_key, zero, advert.seed_commitment)
+            return [dataclasses.replace(advert, mask_key=zero, signature=inner.identity.signing.sign(body))]
+
+        def receive(self, m):
+            return inner.receive(m)
+
+    clients[offender] = LowOrder()
+    result = run_secure_sum(MaskingAggregator(directory, params), clients, vectors, RID)
+    assert "low-order" in result.client_errors[offender]
+    assert set(result.client_errors) == {offender}
+    check_exact(result, vectors, params)
+    assert offender not in result.aggregate.contributors
+
+
+def test_a_wrong_share_among_spare_ones_does_not_spoil_the_sum():
+    ids, directory, params, clients, vectors = setup(7)  # t = 5 of 7 holders: two spare shares
+    liar = ids[3]
+    inner = clients[liar]
+
+    class Liar:
+        message_types = inner.message_types
+
+        def begin(self, *a):
+            return inner.begin(*a)
+
+        def receive(self, m):
+            out = inner.receive(m)
+            if out and isinstance(out[0], UnmaskShares):
+                shares = out[0].seed_shares.copy()
+                shares[:, -1] ^= 1  # every seed share it reveals is off by one bit
+                out = [dataclasses.replace(out[0], seed_shares=shares)]
+            return out
+
+    clients[liar] = Liar()
+    result = run_secure_sum(MaskingAggregator(directory, params), clients, vectors, RID)
+    check_exact(result, vectors, params)
+    assert result.aggregate.n_contributors == 7
