@@ -298,7 +298,7 @@ def write_simulation(result: SimulationResult, config: Config, out: Path) -> lis
         "dp": result.dp,
         "refusals": result.refusals,
         "events": result.events,
-        "config": {k: asdict(getattr(config, k)) for k in ("scenario", "fcit", "lora", "data", "dp")},
+        "config": {k: asdict(getattr(config, k)) for k in ("scenario", "fcit", "lora", "data", "dp", "privacy")},
     }
     paths = [out / "metrics.json", out / "metrics.md", out / "accuracy_matrix.png"]
     paths[0].write_text(json.dumps(metrics, indent=2) + "\n")
@@ -308,7 +308,8 @@ def write_simulation(result: SimulationResult, config: Config, out: Path) -> lis
         "",
         f"Last **{s['last']:.2f}**, Avg **{s['avg']:.2f}**, Forgetting {s['forgetting']:.2f}, "
         f"BWT {s['bwt']:.2f}; slots opened {result.slots_opened}; {result.seconds:.0f} s "
-        f"(mean round {np.mean(result.round_seconds):.1f} s); small-cohort releases {len(result.releases)}.",
+        f"(mean round {np.mean(result.round_seconds):.1f} s); small-cohort releases {len(result.releases)}; "
+        f"aggregation {config.privacy.aggregation}.",
         "",
         matrix_markdown(metrics["accuracy_matrix"], labels),
         "",

@@ -614,6 +614,7 @@ class CKKSAggregator(SecureAggregator):
         self._stage = "collect"
         self._gone: set[str] = set()
         self._blobs: dict[str, bytes] = {}
+        self._parsed: dict[str, list] = {}
         self._total = None
         self._contributors: tuple[str, ...] = ()
         self._list_signatures: dict[str, bytes] = {}
@@ -656,10 +657,11 @@ class CKKSAggregator(SecureAggregator):
         except (CryptoError, KeyError):
             raise RemoteProtocolError(f"{sender!r}'s contribution carries a bad signature", stage=_STAGE) from None
         try:
-            self.context.parse(ciphertext, self._length)  # the sum is taken once all are in
+            parsed = self.context.parse(ciphertext, self._length)  # the sum is taken once all are in
         except ValueError as exc:
             raise RemoteProtocolError(f"{sender!r}'s contribution is not a CKKS ciphertext: {exc}", stage=_STAGE) from None
         self._blobs[sender] = row
+        self._parsed[sender] = parsed
         return self._advance()
 
     def dropped(self, sender: str) -> list[Outgoing]:
@@ -669,6 +671,7 @@ class CKKSAggregator(SecureAggregator):
         self._gone.add(sender)
         if self._stage == "collect":
             self._blobs.pop(sender, None)  # an offender's ciphertext leaves the sum
+            self._parsed.pop(sender, None)
             return self._advance()
         if self._stage == "confirm" and sender in self._contributors:
             self._failure = (
@@ -712,13 +715,13 @@ class CKKSAggregator(SecureAggregator):
             return []
         total = None
         for sender in self._contributors:  # a fixed order: the decryptor's own sum is byte-identical
-            part = self.context.parse(self._blobs[sender][_SIG:], self._length)
+            part = self._parsed[sender]
             try:
                 total = part if total is None else self.context.add(total, part)
             except ValueError as exc:  # parse() already refuses mismatched ciphertexts; belt and braces
                 self._failure = f"the contributions cannot be added: {exc}"
                 return []
-        self._total = total
+        self._total, self._parsed = total, {}
         self._stage = "confirm"
         request = self._message(ContributorList, contributors=self._contributors)
         return [(c, request) for c in self._contributors]
