@@ -40,7 +40,7 @@ STAGES = {
     "advertise": "KeyAdvert",
     "share": "ShareUpload",
     "masked": "UpdateUpload",
-    "consistency": "SurvivorSignature",
+    "consistency": "ListSignature",
     "unmask": "UnmaskShares",
 }
 RUN = ROOT / "benchmarks/results/fcit/hom-task/b1/disco-s0"

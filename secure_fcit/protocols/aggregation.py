@@ -31,7 +31,9 @@ from secure_fcit.protocols.messages import (
     TokenUpload,
     UpdateUpload,
     check_id,
+    check_ids,
     check_int,
+    register_message,
 )
 
 __all__ = [
@@ -45,6 +47,8 @@ __all__ = [
     "ClientAggregator",
     "PlaintextAggregator",
     "PlaintextClient",
+    "SignedList",
+    "ListSignature",
 ]
 
 AGGREGATION_KINDS: tuple[str, ...] = ("plaintext", "masking", "ckks")
@@ -223,6 +227,31 @@ class ClientAggregator(ABC):
 
 
 _CONTRIBUTION = {"token": TokenUpload, "update": UpdateUpload}
+SIGNATURE_BYTES = 64
+
+
+@register_message
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
+class SignedList(Message):
+    """Coordinator -> clients: a list of cohort members for each to sign, once per sum (masking:
+    who sent a masked input; CKKS: whose ciphertexts the decryptor will sum)."""
+
+    members: tuple[str, ...]
+
+    def _validate(self) -> None:
+        check_ids("members", self.members)
+
+
+@register_message
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
+class ListSignature(Message):
+    """Client -> coordinator: its Ed25519 signature of the ``SignedList`` it was sent."""
+
+    signature: bytes
+
+    def _validate(self) -> None:
+        if not isinstance(self.signature, bytes) or len(self.signature) != SIGNATURE_BYTES:
+            raise ConfigError(f"signature must be {SIGNATURE_BYTES} bytes")
 
 
 class PlaintextAggregator(SecureAggregator):

@@ -55,8 +55,10 @@ from secure_fcit.protocols.aggregation import (
     Aggregate,
     AggregationRound,
     ClientAggregator,
+    ListSignature,
     Outgoing,
     SecureAggregator,
+    SignedList,
     UploadFactory,
 )
 from secure_fcit.protocols.messages import (
@@ -82,8 +84,6 @@ __all__ = [
     "write_keys",
     "load_public",
     "load_secret",
-    "ContributorList",
-    "ContributorSignature",
     "DecryptRequest",
     "DecryptedSum",
     "CKKSAggregator",
@@ -355,31 +355,6 @@ def _ckks_message(cls: type) -> type:
     return register_message(dataclass(frozen=True, eq=False, kw_only=True, repr=False)(cls))
 
 
-def _check_sig(name: str, value: object) -> None:
-    if not isinstance(value, bytes) or len(value) != _SIG:
-        raise ConfigError(f"{name} must be {_SIG} bytes")
-
-
-@_ckks_message
-class ContributorList(Message):
-    """Coordinator -> contributors: who is in the sum to be decrypted (each signs it, once per sum)."""
-
-    contributors: tuple[str, ...]
-
-    def _validate(self) -> None:
-        check_ids("contributors", self.contributors)
-
-
-@_ckks_message
-class ContributorSignature(Message):
-    """Contributor -> coordinator: its Ed25519 signature of the contributor list."""
-
-    signature: bytes
-
-    def _validate(self) -> None:
-        _check_sig("signature", self.signature)
-
-
 @_ckks_message
 class DecryptRequest(Message):
     """Coordinator -> decryptor: the signed contributions (row i: offsets[i]:offsets[i+1] of
@@ -449,7 +424,7 @@ class CKKSClient(ClientAggregator):
     decryptor, check, decrypt (once per sum), flood and log."""
 
     kind: ClassVar[str] = "ckks"
-    message_types: ClassVar[tuple[type[Message], ...]] = (ContributorList, DecryptRequest)
+    message_types: ClassVar[tuple[type[Message], ...]] = (SignedList, DecryptRequest)
 
     def __init__(
         self,
@@ -486,11 +461,11 @@ class CKKSClient(ClientAggregator):
         return [upload(_u8(signature + ciphertext), ENCODING)]
 
     def receive(self, message: Message) -> list[Message]:
-        if not isinstance(message, ContributorList | DecryptRequest) or self._round is None:
+        if not isinstance(message, SignedList | DecryptRequest) or self._round is None:
             raise RemoteProtocolError(f"unexpected {type(message).__name__}", stage=_STAGE)
         if not self._round.binds(message):
             raise RemoteProtocolError(f"{type(message).__name__} for another sum", stage=_STAGE)
-        if isinstance(message, ContributorList):
+        if isinstance(message, SignedList):
             return self._confirm(message)
         return self._decrypt(message)
 
@@ -504,8 +479,8 @@ class CKKSClient(ClientAggregator):
             )
         return listed
 
-    def _confirm(self, message: ContributorList) -> list[Message]:
-        listed = self._check_list(message.contributors)
+    def _confirm(self, message: SignedList) -> list[Message]:
+        listed = self._check_list(message.members)
         if self._signed is not None and self._signed != listed:
             raise RemoteProtocolError(
                 "asked to confirm a second, different contributor list for the same sum: refused "
@@ -514,7 +489,7 @@ class CKKSClient(ClientAggregator):
             )
         self._signed = listed
         signature = self.identity.signing.sign(_list_bytes(_binding(self._round), listed))
-        return [ContributorSignature(
+        return [ListSignature(
             federation_id=message.federation_id, stage=message.stage, round=message.round,
             attempt=message.attempt, sender=self.client_id, signature=signature,
         )]
@@ -592,7 +567,7 @@ class CKKSAggregator(SecureAggregator):
 
     kind: ClassVar[str] = "ckks"
     encoding: ClassVar[str] = ENCODING
-    message_types: ClassVar[tuple[type[Message], ...]] = (ContributorSignature, DecryptedSum)
+    message_types: ClassVar[tuple[type[Message], ...]] = (ListSignature, DecryptedSum)
 
     def __init__(
         self,
@@ -639,7 +614,7 @@ class CKKSAggregator(SecureAggregator):
             raise RemoteProtocolError(f"{sender!r} is not in this sum", stage=_STAGE)
         if message.sender != sender or not rnd.binds(message):
             raise RemoteProtocolError(f"{type(message).__name__} from {sender!r} is for another sum", stage=_STAGE)
-        if isinstance(message, ContributorSignature):
+        if isinstance(message, ListSignature):
             return self._on_confirmed(sender, message)
         if isinstance(message, DecryptedSum):
             return self._on_decrypted(sender, message)
@@ -723,10 +698,10 @@ class CKKSAggregator(SecureAggregator):
                 return []
         self._total, self._parsed = total, {}
         self._stage = "confirm"
-        request = self._message(ContributorList, contributors=self._contributors)
+        request = self._message(SignedList, members=self._contributors)
         return [(c, request) for c in self._contributors]
 
-    def _on_confirmed(self, sender: str, message: ContributorSignature) -> list[Outgoing]:
+    def _on_confirmed(self, sender: str, message: ListSignature) -> list[Outgoing]:
         rnd = self._open()
         if self._stage != "confirm" or sender not in self._contributors or sender in self._list_signatures:
             raise RemoteProtocolError(f"unexpected contributor-list signature from {sender!r}", stage=_STAGE)

@@ -76,6 +76,11 @@ def run_secure_sum(
         for recipient, message in out:
             queue.append(("down", recipient, encode(message)))
 
+    def lose(client: str, reason: str) -> None:
+        run.client_errors[client] = reason
+        gone.add(client)
+        server(lambda: aggregator.dropped(client))
+
     def from_client(client: str, messages: list[Message | bytes]) -> None:
         for message in messages:  # raw bytes: a hostile or broken client
             if not isinstance(message, bytes) and client in drop.get(stage_of(message), ()):
@@ -90,9 +95,7 @@ def run_secure_sum(
         try:
             messages = clients[client].begin(round_id, cohort, np.asarray(vectors[client]), upload_factory(client))
         except ProtocolError as exc:
-            run.client_errors[client] = str(exc)
-            gone.add(client)
-            server(lambda c=client: aggregator.dropped(c))
+            lose(client, str(exc))
             continue
         finally:
             run.client_seconds[client] += time.perf_counter() - t0
@@ -109,18 +112,14 @@ def run_secure_sum(
                 message = decode(data, _MAX)
                 server(lambda c=client, m=message: aggregator.receive(c, m))
             except ProtocolError as exc:
-                run.client_errors[client] = f"coordinator refused: {exc}"
-                gone.add(client)
-                server(lambda c=client: aggregator.dropped(c))
+                lose(client, f"coordinator refused: {exc}")
             continue
         run.bytes_down[client] += len(data)
         t0 = time.perf_counter()
         try:
             replies = clients[client].receive(decode(data, _MAX))
         except ProtocolError as exc:
-            run.client_errors[client] = str(exc)
-            gone.add(client)
-            server(lambda c=client: aggregator.dropped(c))
+            lose(client, str(exc))
             continue
         finally:
             run.client_seconds[client] += time.perf_counter() - t0

@@ -52,8 +52,10 @@ from secure_fcit.protocols.aggregation import (
     Aggregate,
     AggregationRound,
     ClientAggregator,
+    ListSignature,
     Outgoing,
     SecureAggregator,
+    SignedList,
     UploadFactory,
 )
 from secure_fcit.protocols.messages import (
@@ -79,8 +81,6 @@ __all__ = [
     "KeyDirectory",
     "ShareUpload",
     "ShareDelivery",
-    "SurvivorList",
-    "SurvivorSignature",
     "UnmaskRequest",
     "UnmaskShares",
     "MaskingAggregator",
@@ -340,26 +340,6 @@ class ShareDelivery(Message):
 
 
 @_secagg_message
-class SurvivorList(Message):
-    """Coordinator -> survivors: who sent a masked input (to be signed)."""
-
-    survivors: tuple[str, ...]
-
-    def _validate(self) -> None:
-        check_ids("survivors", self.survivors)
-
-
-@_secagg_message
-class SurvivorSignature(Message):
-    """Client -> coordinator: its Ed25519 signature of the survivor list."""
-
-    signature: bytes
-
-    def _validate(self) -> None:
-        _check_len("signature", self.signature, _SIG)
-
-
-@_secagg_message
 class UnmaskRequest(Message):
     """Coordinator -> signers: the survivor list and everyone's signatures of it."""
 
@@ -450,7 +430,7 @@ class MaskingClient(ClientAggregator):
 
     kind: ClassVar[str] = "masking"
     message_types: ClassVar[tuple[type[Message], ...]] = (
-        KeyDirectory, ShareDelivery, SurvivorList, UnmaskRequest,
+        KeyDirectory, ShareDelivery, SignedList, UnmaskRequest,
     )
 
     def __init__(self, identity: Identity, directory: Mapping[str, bytes], params: MaskingParams) -> None:
@@ -507,7 +487,7 @@ class MaskingClient(ClientAggregator):
         expected = {
             "advertise": KeyDirectory,
             "share": ShareDelivery,
-            "masked": SurvivorList,
+            "masked": SignedList,
             "consistency": UnmaskRequest,
         }.get(session.stage)
         if expected is None or type(message) is not expected:
@@ -521,7 +501,7 @@ class MaskingClient(ClientAggregator):
             return self._on_directory(session, message)
         if isinstance(message, ShareDelivery):
             return self._on_shares(session, message)
-        if isinstance(message, SurvivorList):
+        if isinstance(message, SignedList):
             return self._on_survivors(session, message)
         return self._on_unmask(session, message)  # UnmaskRequest
 
@@ -608,9 +588,9 @@ class MaskingClient(ClientAggregator):
         return [session.upload(y, ENCODING)]
 
     # -- phase 4: consistency check
-    def _on_survivors(self, session: _ClientSession, message: SurvivorList) -> list[Message]:
+    def _on_survivors(self, session: _ClientSession, message: SignedList) -> list[Message]:
         rnd, me = session.rnd, self.client_id
-        survivors = tuple(sorted(message.survivors))
+        survivors = tuple(sorted(message.members))
         if me not in survivors or not set(survivors) <= set(rnd.cohort):
             raise RemoteProtocolError("the survivor list omits this client or names non-members", stage=_STAGE)
         if len(set(survivors) & rnd.closed(me)) < rnd.t(me):
@@ -622,7 +602,7 @@ class MaskingClient(ClientAggregator):
         session.signed = survivors
         session.stage = "consistency"
         signature = self.identity.signing.sign(_survivors_bytes(rnd.binding, survivors))
-        return [self._message(SurvivorSignature, signature=signature)]
+        return [self._message(ListSignature, signature=signature)]
 
     # -- phase 5: unmask
     def _on_unmask(self, session: _ClientSession, message: UnmaskRequest) -> list[Message]:
@@ -701,7 +681,7 @@ _ACCEPTS: dict[str, tuple[type[Message], ...]] = {
     "advertise": (KeyAdvert,),
     "share": (ShareUpload,),
     "masked": (TokenUpload, UpdateUpload),
-    "consistency": (SurvivorSignature,),
+    "consistency": (ListSignature,),
     "unmask": (UnmaskShares,),
 }
 
@@ -716,7 +696,7 @@ class MaskingAggregator(SecureAggregator):
     kind: ClassVar[str] = "masking"
     encoding: ClassVar[str] = ENCODING
     message_types: ClassVar[tuple[type[Message], ...]] = (
-        KeyAdvert, ShareUpload, SurvivorSignature, UnmaskShares,
+        KeyAdvert, ShareUpload, ListSignature, UnmaskShares,
     )
 
     def __init__(
@@ -835,7 +815,7 @@ class MaskingAggregator(SecureAggregator):
                 f"{sender!r} sent {message.payload.size} values; this sum takes {self._length}", stage=_STAGE
             )
 
-    def _check_consistency(self, sender: str, message: SurvivorSignature) -> None:
+    def _check_consistency(self, sender: str, message: ListSignature) -> None:
         rnd = self._open()
         try:
             verify(self.directory[sender], message.signature, _survivors_bytes(rnd.binding, self._survivors))
@@ -960,7 +940,7 @@ class MaskingAggregator(SecureAggregator):
             assert isinstance(upload, Contribution)
             self._masked[u] = upload.payload
         self._survivors = u3
-        out = [(u, self._message(SurvivorList, survivors=u3)) for u in u3]
+        out = [(u, self._message(SignedList, members=u3)) for u in u3]
         self._next("consistency", u3)
         return out
 
@@ -975,7 +955,7 @@ class MaskingAggregator(SecureAggregator):
         signatures = []
         for u in u4:
             answer = self._answers[u]
-            assert isinstance(answer, SurvivorSignature)
+            assert isinstance(answer, ListSignature)
             signatures.append(answer.signature)
         request = self._message(
             UnmaskRequest, survivors=self._survivors, signers=u4, signatures=_rows(signatures, _SIG)

@@ -14,11 +14,11 @@ from scipy import stats
 from secure_fcit.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from secure_fcit.fcit.dko import DKOConfig
 from secure_fcit.protocols import Aggregate, AggregationRound, UpdateUpload, decode, run_federation
+from secure_fcit.protocols.aggregation import ListSignature, SignedList
 from secure_fcit.protocols.ckks import (
     CKKSAggregator,
     CKKSClient,
     CKKSParams,
-    ContributorList,
     DecryptRequest,
     _pack,
     _unpack,
@@ -32,7 +32,6 @@ from secure_fcit.protocols.secagg import (
     MaskingClient,
     MaskingParams,
     ShareUpload,
-    SurvivorSignature,
     UnmaskRequest,
     UnmaskShares,
     make_identities,
@@ -62,7 +61,7 @@ def test_masked_uploads_are_uniform_and_the_transcript_holds_no_plaintext():
     fp = params.check_cohort(5)
     received = [decode(data, MAX) for data in transcript]
     # Every byte the coordinator received is one of these messages, and nothing else.
-    assert {type(m) for m in received} == {KeyAdvert, ShareUpload, UpdateUpload, SurvivorSignature, UnmaskShares}
+    assert {type(m) for m in received} == {KeyAdvert, ShareUpload, UpdateUpload, ListSignature, UnmaskShares}
     for message in received:
         if not isinstance(message, UpdateUpload):
             continue
@@ -233,14 +232,14 @@ def test_the_ckks_decryptor_decrypts_one_confirmed_list_once():
     with pytest.raises(RemoteProtocolError, match="other than the one this client confirmed"):
         real["c"](subset)  # another one: only the list it confirmed
     with pytest.raises(RemoteProtocolError, match="second, different contributor list"):
-        real["c"](ContributorList(federation_id=RID.federation_id, stage=RID.stage, round=RID.round,
-                                  attempt=RID.attempt, sender="coordinator", contributors=("a", "c")))
+        real["c"](SignedList(federation_id=RID.federation_id, stage=RID.stage, round=RID.round,
+                                  attempt=RID.attempt, sender="coordinator", members=("a", "c")))
     # Below k_min a client confirms nothing and decrypts nothing.
     strict = CKKSClient(identities["b"], directory, keys.secret, CKKSParams(k_min=3))
     strict.begin(RID, ids, vectors["b"], lambda payload, encoding: None)
     with pytest.raises(RemoteProtocolError, match="k_min = 3"):
-        strict.receive(ContributorList(federation_id=RID.federation_id, stage=RID.stage, round=RID.round,
-                                       attempt=RID.attempt, sender="coordinator", contributors=("a", "b")))
+        strict.receive(SignedList(federation_id=RID.federation_id, stage=RID.stage, round=RID.round,
+                                       attempt=RID.attempt, sender="coordinator", members=("a", "b")))
     with pytest.raises(RemoteProtocolError, match="k_min = 3"):
         strict.receive(_subset(request, ["a", "b"]))
 

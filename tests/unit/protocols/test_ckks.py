@@ -147,6 +147,6 @@ def test_params_are_checked():
 def test_a_contributor_leaving_before_confirming_the_list_fails_the_sum_for_a_retry(keys):
     ids, directory, params, clients, vectors = setup(keys)
     result = run_secure_sum(CKKSAggregator(directory, keys.public, params), clients, vectors, RID,
-                            drop={"ContributorSignature": [ids[2]]})
+                            drop={"ListSignature": [ids[2]]})
     assert result.aggregate is None and "before confirming" in result.failure
     assert not any(c.decryptions for c in clients.values())  # nothing was decrypted

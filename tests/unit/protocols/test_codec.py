@@ -23,14 +23,13 @@ from secure_fcit.protocols import (
     decode,
     encode,
 )
-from secure_fcit.protocols.ckks import ContributorList, ContributorSignature, DecryptedSum, DecryptRequest
+from secure_fcit.protocols.aggregation import ListSignature, SignedList
+from secure_fcit.protocols.ckks import DecryptedSum, DecryptRequest
 from secure_fcit.protocols.secagg import (
     KeyAdvert,
     KeyDirectory,
     ShareDelivery,
     ShareUpload,
-    SurvivorList,
-    SurvivorSignature,
     UnmaskRequest,
     UnmaskShares,
 )
@@ -120,7 +119,7 @@ def _rows(width: int):
 @st.composite
 def secagg_messages(draw):
     base = {k: draw(v) for k, v in common(None).items()}
-    kind = draw(st.integers(0, 11))
+    kind = draw(st.integers(0, 9))
     b32, b64 = st.binary(min_size=32, max_size=32), st.binary(min_size=64, max_size=64)
     if kind == 0:
         return KeyAdvert(**base, transport_key=draw(b32), mask_key=draw(b32), seed_commitment=draw(b32),
@@ -134,9 +133,9 @@ def secagg_messages(draw):
             return ShareUpload(**base, recipients=who, ciphertexts=rows)
         return ShareDelivery(**base, senders=who, ciphertexts=rows)
     if kind == 4:
-        return SurvivorList(**base, survivors=draw(cohorts))
+        return SignedList(**base, members=draw(cohorts))
     if kind == 5:
-        return SurvivorSignature(**base, signature=draw(b64))
+        return ListSignature(**base, signature=draw(b64))
     if kind == 6:
         signers, sigs = draw(_rows(64))
         return UnmaskRequest(**base, survivors=draw(cohorts), signers=signers, signatures=sigs)
@@ -152,10 +151,6 @@ def secagg_messages(draw):
                               blobs=draw(hnp.arrays(np.uint8, int(offsets[-1]))), offsets=offsets,
                               list_signatures=draw(hnp.arrays(np.uint8, (len(contributors), 64))),
                               total=draw(hnp.arrays(np.uint8, st.integers(0, 8))))
-    if kind == 10:
-        return ContributorList(**base, contributors=draw(cohorts))
-    if kind == 11:
-        return ContributorSignature(**base, signature=draw(b64))
     return DecryptedSum(**base, vector=draw(hnp.arrays(np.float64, st.integers(0, 8), elements=f64)),
                         n_contributors=draw(st.integers(1, 50)))
 
@@ -167,8 +162,8 @@ def test_every_registered_type_is_covered():
     assert set(MESSAGE_TYPES) == {
         "StageStart", "TokenUpload", "SlotPlan", "RoundStart", "UpdateUpload",
         "Refusal", "RoundEnd", "StageEnd", "Abort",
-        "KeyAdvert", "KeyDirectory", "ShareUpload", "ShareDelivery", "SurvivorList",
-        "SurvivorSignature", "UnmaskRequest", "UnmaskShares", "ContributorList", "ContributorSignature",
+        "SignedList", "ListSignature",
+        "KeyAdvert", "KeyDirectory", "ShareUpload", "ShareDelivery", "UnmaskRequest", "UnmaskShares",
         "DecryptRequest", "DecryptedSum",
     }  # fmt: skip
 

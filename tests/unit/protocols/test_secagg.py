@@ -9,6 +9,7 @@ import pytest
 
 from secure_fcit.errors import ConfigError
 from secure_fcit.protocols import AggregationRound, UpdateUpload, encode
+from secure_fcit.protocols.aggregation import ListSignature
 from secure_fcit.protocols.drive import run_secure_sum
 from secure_fcit.protocols.secagg import (
     KeyAdvert,
@@ -16,7 +17,6 @@ from secure_fcit.protocols.secagg import (
     MaskingClient,
     MaskingParams,
     ShareUpload,
-    SurvivorSignature,
     UnmaskShares,
     make_identities,
     neighbour_graph,
@@ -28,7 +28,7 @@ STAGES = {  # the protocol stage -> the message a client sends in it
     "advertise": "KeyAdvert",
     "share": "ShareUpload",
     "masked": "UpdateUpload",
-    "consistency": "SurvivorSignature",
+    "consistency": "ListSignature",
     "unmask": "UnmaskShares",
 }
 
@@ -95,7 +95,7 @@ def test_below_threshold_the_sum_aborts_and_releases_nothing():
     assert threshold(2 / 3, 5) == 4
     ids, directory, params, clients, vectors = setup(5)
     aggregator = MaskingAggregator(directory, params)
-    result = run_secure_sum(aggregator, clients, vectors, RID, drop={"SurvivorSignature": ids[:2]})
+    result = run_secure_sum(aggregator, clients, vectors, RID, drop={"ListSignature": ids[:2]})
     assert result.aggregate is None and aggregator.result() is None
     assert "signed the survivor list" in result.failure or "too few signatures" in result.failure
 
@@ -162,7 +162,7 @@ def corrupt(kind: str):
         ("bad-signature", KeyAdvert),
         ("replay-round", ShareUpload),
         ("wrong-length", UpdateUpload),
-        ("bad-signature", SurvivorSignature),
+        ("bad-signature", ListSignature),
     ],
 )
 def test_a_bad_message_drops_its_sender_and_the_sum_completes(kind, message_type):
@@ -188,7 +188,7 @@ def test_a_bad_message_drops_its_sender_and_the_sum_completes(kind, message_type
     result = run_secure_sum(aggregator, clients, vectors, RID)
     assert offender in result.client_errors
     check_exact(result, vectors, params)
-    if message_type is SurvivorSignature:  # its masked input is in; only its signature is out
+    if message_type is ListSignature:  # its masked input is in; only its signature is out
         assert offender in result.aggregate.contributors
     else:
         assert offender not in result.aggregate.contributors
