@@ -21,7 +21,7 @@ def workspace(micro_model_dir, micro_benchmark):
         model=ModelConfig(path=str(micro_model_dir), device="cpu"),
         data=DataConfig(root=str(root)),
         lora=LoraConfigSection(rank=4, alpha=8.0),
-        train=TrainConfig(epochs=1.0, batch_size=8, lr=1e-2, upper_bound_epochs=1.0),
+        train=TrainConfig(epochs=1.0, batch_size=8, lr=1e-2, upper_bound_epochs=1.0, upper_bound_lr=0.0),
         eval=EvalConfig(batch_size=8, max_new_tokens=12),
     )
     return prepare_workspace(cfg, TASKS, progress=False)

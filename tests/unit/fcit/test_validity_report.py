@@ -35,10 +35,11 @@ def test_a_partial_rerun_keeps_only_figures_of_the_same_settings():
     same = {"tasks": ["ocr"], "n_train_per_task": 10, "n_test_per_task": 2, "seed": 0, "lora": {},
             "model_weights_sha256": "x"}
     old = {"setup": {**same, "train": {"epochs": 10.0, "batch_size": 32, "lr": 3e-3, "upper_bound_epochs": 10.0}}}
-    new = {**same, "train": dict(TrainConfig(upper_bound_lr=1e-3).__dict__)}
+    new = {**same, "train": dict(TrainConfig(upper_bound_epochs=10.0, upper_bound_lr=1e-3).__dict__)}
     _check_mergeable(old, new, ["upper_bound"])  # the upper bound is rerun: a new lr is fine
     with pytest.raises(ValueError, match="lr"):
         _check_mergeable(old, new, ["finetune"])  # the kept upper bound was trained at 3e-3
-    _check_mergeable(old, {**same, "train": dict(TrainConfig().__dict__)}, ["finetune"])
+    kept = TrainConfig(upper_bound_epochs=10.0, upper_bound_lr=0.0)  # what the old upper bound used
+    _check_mergeable(old, {**same, "train": dict(kept.__dict__)}, ["finetune"])
     with pytest.raises(ConfigError, match="upper_bound_lr"):
         TrainConfig(upper_bound_lr=2.0)
