@@ -134,6 +134,13 @@ class CKKSParams:
 
 
 # ----------------------------------------------------------------------------- contexts and keys
+def _seed_randomness(parms) -> None:
+    """SEAL draws keys, encryption masks and errors from the PRNG factory of its parameters: seed
+    it with 512 bits from ``os.urandom`` instead of SEAL's own ``random_device`` default."""
+    seal = _seal()
+    parms.set_random_generator(seal.Blake2xbPRNGFactory([int.from_bytes(os.urandom(8), "little") for _ in range(8)]))
+
+
 class _Scratch:
     """SEAL's Python binding saves and loads through file paths: a private temp folder (0700)."""
 
@@ -203,6 +210,7 @@ class CKKSContext:
             self._scratch.load(parms, sections.get("params", b""))
         except (RuntimeError, ValueError, OSError) as exc:
             raise ConfigError(f"{what}: bad parameters ({exc})") from None
+        _seed_randomness(parms)
         bits = sum(m.bit_count() for m in parms.coeff_modulus())
         if parms.poly_modulus_degree() != POLY_MODULUS_DEGREE or bits != sum(COEFF_MOD_BIT_SIZES):
             raise ConfigError(f"{what} has other CKKS parameters than N={POLY_MODULUS_DEGREE}, modulus {COEFF_MOD_BIT_SIZES}")
@@ -310,11 +318,12 @@ class CKKSKeys:
 
 
 def create_keys() -> CKKSKeys:
-    """A fresh key pair of contexts (SEAL draws the secret key from its own CSPRNG)."""
+    """A fresh key pair of contexts; the secret key comes from SEAL's Blake2xb PRNG seeded by ``os.urandom``."""
     seal = _seal()
     parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
     parms.set_poly_modulus_degree(POLY_MODULUS_DEGREE)
     parms.set_coeff_modulus(seal.CoeffModulus.Create(POLY_MODULUS_DEGREE, list(COEFF_MOD_BIT_SIZES)))
+    _seed_randomness(parms)
     context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
     scratch = _Scratch()
     params = scratch.save(parms)

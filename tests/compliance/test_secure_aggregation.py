@@ -269,3 +269,15 @@ def test_the_organizer_receives_only_secure_aggregates(aggregation):
 
     np.testing.assert_allclose(rows(fed.organizer), rows(plain.organizer), atol=2e-3)
     assert isinstance(fed.learners[client(0)], FakeLearner) and DIM > 0
+
+
+def test_ckks_keys_and_encryption_randomness_come_from_os_urandom(monkeypatch):
+    import secure_fcit.protocols.ckks as ckks
+
+    assert create_keys().secret != create_keys().secret  # fresh randomness each time
+    monkeypatch.setattr(ckks.os, "urandom", lambda n: bytes(range(n)))  # every seed now fixed
+    first, second = create_keys(), create_keys()
+    assert first.secret == second.secret  # so SEAL's key generator drew only from os.urandom
+    a, b = ckks.load_secret(first.secret), ckks.load_secret(first.secret)
+    x = np.arange(10.0)
+    assert a.encrypt(x) == b.encrypt(x)  # and so did encryption's masks and errors
