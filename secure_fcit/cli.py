@@ -49,7 +49,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         cfg = config_from_dict({"dp": {"enabled": True}, **({"seed": args.seed} if args.seed is not None else {})})
     dp = cfg.dp
     print(f"secure-fcit demo: {cfg.fcit.strategy} federation on {cfg.scenario.setting}-{cfg.scenario.kind}, "
-          f"{cfg.scenario.n_clients} clients, DP-SGD per client (epsilon_max {dp.epsilon:g}, delta {dp.delta:g})")
+          f"{cfg.scenario.n_clients} clients, DP-SGD per client (epsilon_max {dp.epsilon:g}, delta {dp.delta:g}), "
+          f"{cfg.privacy.aggregation} aggregation")
     # A fresh folder per run: the clients' ledgers in an old one would carry their spend over.
     out = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     print(f"output: {out}")

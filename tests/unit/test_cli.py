@@ -43,6 +43,6 @@ def test_demo_runs_the_private_federation_and_ends_with_the_audit(tmp_path, micr
     cfg = write_micro_toml(tmp_path / "demo.toml", micro_model_dir, tmp_path / "cache")
     assert main(["demo", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "DP-SGD per client (epsilon_max 8, delta 1e-05)" in out and "privacy audit: " in out
+    assert "DP-SGD per client (epsilon_max 8, delta 1e-05), masking aggregation" in out and "privacy audit: " in out
     assert (tmp_path / "run" / "audit" / "REPORT.html").is_file()
     assert list((tmp_path / "run" / "privacy").glob("client-*/journal.jsonl"))
