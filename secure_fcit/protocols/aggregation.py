@@ -17,6 +17,7 @@ types (``message_types``), which the coordinator and the worker route to them.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,10 +31,11 @@ from secure_fcit.protocols.messages import (
     Message,
     TokenUpload,
     UpdateUpload,
+    check_bytes,
     check_id,
     check_ids,
     check_int,
-    register_message,
+    message_type,
 )
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "PlaintextClient",
     "SignedList",
     "ListSignature",
+    "CONTRIBUTION_TYPES",
 ]
 
 AGGREGATION_KINDS: tuple[str, ...] = ("plaintext", "masking", "ckks")
@@ -92,6 +95,14 @@ class AggregationRound:
             raise ConfigError(f"phase must be one of {PHASES}, got {self.phase!r}")
         if (self.phase == "token") != (self.round == -1):
             raise ConfigError("the token phase has round -1 and only it does")
+
+    def binding(self, protocol: str) -> bytes:
+        """Bytes naming this sum for ``protocol``: signatures, HKDF info and AEAD data carry them,
+        so nothing signed or sealed for one sum passes in another."""
+        return json.dumps(
+            [f"secure-fcit/{protocol}/v1", self.federation_id, self.stage, self.round, self.attempt, self.phase],
+            separators=(",", ":"),
+        ).encode()
 
     def binds(self, message: Message) -> bool:
         """Whether ``message`` belongs to this secure sum."""
@@ -226,12 +237,12 @@ class ClientAggregator(ABC):
         """Answer a later phase's message from the coordinator."""
 
 
-_CONTRIBUTION = {"token": TokenUpload, "update": UpdateUpload}
+CONTRIBUTION_TYPES: dict[str, type[Contribution]] = {"token": TokenUpload, "update": UpdateUpload}
+"""The contribution message of each phase."""
 SIGNATURE_BYTES = 64
 
 
-@register_message
-@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
+@message_type
 class SignedList(Message):
     """Coordinator -> clients: a list of cohort members for each to sign, once per sum (masking:
     who sent a masked input; CKKS: whose ciphertexts the decryptor will sum)."""
@@ -242,16 +253,14 @@ class SignedList(Message):
         check_ids("members", self.members)
 
 
-@register_message
-@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
+@message_type
 class ListSignature(Message):
     """Client -> coordinator: its Ed25519 signature of the ``SignedList`` it was sent."""
 
     signature: bytes
 
     def _validate(self) -> None:
-        if not isinstance(self.signature, bytes) or len(self.signature) != SIGNATURE_BYTES:
-            raise ConfigError(f"signature must be {SIGNATURE_BYTES} bytes")
+        check_bytes("signature", self.signature, SIGNATURE_BYTES)
 
 
 class PlaintextAggregator(SecureAggregator):
@@ -299,7 +308,7 @@ class PlaintextAggregator(SecureAggregator):
             raise RemoteProtocolError(f"{sender!r} was already dropped from this sum", stage=_STAGE)
         if sender in self._vectors:
             raise RemoteProtocolError(f"duplicate contribution from {sender!r}", stage=_STAGE)
-        expected = _CONTRIBUTION[round_id.phase]
+        expected = CONTRIBUTION_TYPES[round_id.phase]
         if (
             not isinstance(message, Contribution)
             or type(message) is not expected

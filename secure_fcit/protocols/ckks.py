@@ -52,6 +52,7 @@ from secure_fcit.crypto.prg import ChaCha20PRG
 from secure_fcit.errors import ConfigError, CryptoError, LocalProtocolError, RemoteProtocolError
 from secure_fcit.protocols.aggregation import (
     _AGGREGATOR_KEY,
+    CONTRIBUTION_TYPES,
     Aggregate,
     AggregationRound,
     ClientAggregator,
@@ -65,12 +66,10 @@ from secure_fcit.protocols.messages import (
     COORDINATOR_ID,
     Contribution,
     Message,
-    TokenUpload,
-    UpdateUpload,
     check_id,
     check_ids,
     check_int,
-    register_message,
+    message_type,
 )
 from secure_fcit.protocols.secagg import Identity
 
@@ -360,11 +359,7 @@ def load_secret(data: bytes, path: str | Path | None = None) -> CKKSContext:
 
 
 # ----------------------------------------------------------------------------- messages
-def _ckks_message(cls: type) -> type:
-    return register_message(dataclass(frozen=True, eq=False, kw_only=True, repr=False)(cls))
-
-
-@_ckks_message
+@message_type
 class DecryptRequest(Message):
     """Coordinator -> decryptor: the signed contributions (row i: offsets[i]:offsets[i+1] of
     ``blobs``), every contributor's signature of the list, and the coordinator's ciphertext sum."""
@@ -392,7 +387,7 @@ class DecryptRequest(Message):
             raise ConfigError(f"list_signatures must have shape ({len(self.contributors)}, {_SIG})")
 
 
-@_ckks_message
+@message_type
 class DecryptedSum(Message):
     """Decryptor -> coordinator: the flooded plaintext sum."""
 
@@ -402,14 +397,6 @@ class DecryptedSum(Message):
 
     def _validate(self) -> None:
         check_int("n_contributors", self.n_contributors, 1)
-
-
-def _binding(round_id: AggregationRound) -> bytes:
-    return json.dumps(
-        ["secure-fcit/ckks/v1", round_id.federation_id, round_id.stage, round_id.round,
-         round_id.attempt, round_id.phase],
-        separators=(",", ":"),
-    ).encode()
 
 
 def _signed_bytes(binding: bytes, sender: str, ciphertext: bytes) -> bytes:
@@ -422,9 +409,6 @@ def _list_bytes(binding: bytes, contributors: Sequence[str]) -> bytes:
 
 def _u8(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).copy()
-
-
-_CONTRIBUTION = {"token": TokenUpload, "update": UpdateUpload}
 
 
 # ----------------------------------------------------------------------------- client side
@@ -466,7 +450,7 @@ class CKKSClient(ClientAggregator):
         self._round, self._cohort, self._length = round_id, frozenset(cohort), x.size
         self._signed, self._decrypted = None, False
         ciphertext = self.context.encrypt(x)
-        signature = self.identity.signing.sign(_signed_bytes(_binding(round_id), self.client_id, ciphertext))
+        signature = self.identity.signing.sign(_signed_bytes(round_id.binding("ckks"), self.client_id, ciphertext))
         return [upload(_u8(signature + ciphertext), ENCODING)]
 
     def receive(self, message: Message) -> list[Message]:
@@ -497,7 +481,7 @@ class CKKSClient(ClientAggregator):
                 stage=_STAGE,
             )
         self._signed = listed
-        signature = self.identity.signing.sign(_list_bytes(_binding(self._round), listed))
+        signature = self.identity.signing.sign(_list_bytes(self._round.binding("ckks"), listed))
         return [ListSignature(
             federation_id=message.federation_id, stage=message.stage, round=message.round,
             attempt=message.attempt, sender=self.client_id, signature=signature,
@@ -505,7 +489,7 @@ class CKKSClient(ClientAggregator):
 
     def _decrypt(self, message: DecryptRequest) -> list[Message]:
         assert self._round is not None
-        binding = _binding(self._round)
+        binding = self._round.binding("ckks")
         contributors = self._check_list(message.contributors)
         if tuple(message.contributors) != contributors:
             raise RemoteProtocolError("the contributor list must be sorted", stage=_STAGE)
@@ -627,7 +611,7 @@ class CKKSAggregator(SecureAggregator):
             return self._on_confirmed(sender, message)
         if isinstance(message, DecryptedSum):
             return self._on_decrypted(sender, message)
-        if type(message) is not _CONTRIBUTION[rnd.phase] or self._stage != "collect":
+        if type(message) is not CONTRIBUTION_TYPES[rnd.phase] or self._stage != "collect":
             raise RemoteProtocolError(f"unexpected {type(message).__name__} from {sender!r}", stage=_STAGE)
         if sender in self._blobs:
             raise RemoteProtocolError(f"duplicate contribution from {sender!r}", stage=_STAGE)
@@ -637,7 +621,7 @@ class CKKSAggregator(SecureAggregator):
         row = message.payload.tobytes()
         signature, ciphertext = row[:_SIG], row[_SIG:]
         try:
-            verify(self.directory[sender], signature, _signed_bytes(_binding(rnd), sender, ciphertext))
+            verify(self.directory[sender], signature, _signed_bytes(rnd.binding("ckks"), sender, ciphertext))
         except (CryptoError, KeyError):
             raise RemoteProtocolError(f"{sender!r}'s contribution carries a bad signature", stage=_STAGE) from None
         try:
@@ -715,7 +699,7 @@ class CKKSAggregator(SecureAggregator):
         if self._stage != "confirm" or sender not in self._contributors or sender in self._list_signatures:
             raise RemoteProtocolError(f"unexpected contributor-list signature from {sender!r}", stage=_STAGE)
         try:
-            verify(self.directory[sender], message.signature, _list_bytes(_binding(rnd), self._contributors))
+            verify(self.directory[sender], message.signature, _list_bytes(rnd.binding("ckks"), self._contributors))
         except CryptoError:
             raise RemoteProtocolError(f"{sender!r}'s contributor-list signature is bad", stage=_STAGE) from None
         self._list_signatures[sender] = message.signature

@@ -26,6 +26,8 @@ __all__ = [
     "MESSAGE_TYPES",
     "ROUND_STATUSES",
     "register_message",
+    "message_type",
+    "check_bytes",
     "Message",
     "Contribution",
     "StageStart",
@@ -60,8 +62,12 @@ def register_message(cls: _M) -> _M:
     return cls
 
 
-def _message(cls: type) -> type:
+def message_type(cls: type) -> type:
+    """Decorator for a message class: a frozen keyword-only dataclass, registered with the codec."""
     return register_message(dataclass(frozen=True, eq=False, kw_only=True, repr=False)(cls))
+
+
+_message = message_type
 
 
 def check_id(name: str, value: object) -> str:
@@ -78,6 +84,13 @@ def check_int(name: str, value: object, minimum: int, maximum: int | None = None
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r:.80}")
     if maximum is not None and value > maximum:
         raise ConfigError(f"{name} must be an integer <= {maximum}, got {value!r:.80}")
+    return value
+
+
+def check_bytes(name: str, value: object, size: int) -> bytes:
+    """A ``bytes`` field of exactly ``size`` bytes (keys, signatures, seeds)."""
+    if not isinstance(value, bytes) or len(value) != size:
+        raise ConfigError(f"{name} must be {size} bytes")
     return value
 
 

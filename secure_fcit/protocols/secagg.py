@@ -31,6 +31,7 @@ masks from ChaCha20.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -49,6 +50,7 @@ from secure_fcit.crypto.prg import ChaCha20PRG, expand_mask
 from secure_fcit.errors import ConfigError, CryptoError, LocalProtocolError, RemoteProtocolError
 from secure_fcit.protocols.aggregation import (
     _AGGREGATOR_KEY,
+    CONTRIBUTION_TYPES,
     Aggregate,
     AggregationRound,
     ClientAggregator,
@@ -62,11 +64,10 @@ from secure_fcit.protocols.messages import (
     COORDINATOR_ID,
     Contribution,
     Message,
-    TokenUpload,
-    UpdateUpload,
+    check_bytes,
     check_id,
     check_ids,
-    register_message,
+    message_type,
 )
 
 __all__ = [
@@ -193,14 +194,6 @@ def neighbour_graph(cohort: Sequence[str], binding: bytes, degree: int) -> dict[
     return {u: frozenset(v) for u, v in out.items()}
 
 
-def _binding(round_id: AggregationRound) -> bytes:
-    return json.dumps(
-        ["secure-fcit/secagg/v1", round_id.federation_id, round_id.stage, round_id.round,
-         round_id.attempt, round_id.phase],
-        separators=(",", ":"),
-    ).encode()
-
-
 def _advert_bytes(binding: bytes, sender: str, transport: bytes, mask: bytes, commitment: bytes) -> bytes:
     return b"|".join([binding, b"advert", sender.encode(), transport, mask, commitment])
 
@@ -210,10 +203,16 @@ def _commit(binding: bytes, seed: bytes) -> bytes:
     return hashlib.sha256(binding + b"|seed|" + seed).digest()
 
 
+@functools.cache
+def _probe() -> KeyPair:
+    """One throwaway key per process for ``_check_public`` (its exchanges are discarded)."""
+    return KeyPair.generate()
+
+
 def _check_public(key: bytes) -> bool:
     """Whether ``key`` is an X25519 public key of large order (a low-order key gives a zero secret)."""
     try:
-        agree(KeyPair.generate(), key, b"probe")
+        agree(_probe(), key, b"probe")
     except CryptoError:
         return False
     return True
@@ -251,10 +250,6 @@ def _share_ad(binding: bytes, sender: str, recipient: str) -> bytes:
     return b"|".join([binding, b"share", sender.encode(), recipient.encode()])
 
 
-def _pair_mask(seed_key: bytes, n: int) -> np.ndarray:
-    return expand_mask(seed_key, n)
-
-
 def _key_matches(raw: bytes, public: bytes) -> bool:
     """Whether ``raw`` is the X25519 private key of ``public``."""
     try:
@@ -270,21 +265,12 @@ def _raw_private(key: X25519PrivateKey) -> bytes:
 
 
 # ----------------------------------------------------------------------------- messages
-def _secagg_message(cls: type) -> type:
-    return register_message(dataclass(frozen=True, eq=False, kw_only=True, repr=False)(cls))
-
-
-def _check_len(name: str, value: object, size: int) -> None:
-    if not isinstance(value, bytes) or len(value) != size:
-        raise ConfigError(f"{name} must be {size} bytes")
-
-
 def _check_rows(name: str, ids: tuple[str, ...], rows: np.ndarray, width: int) -> None:
     if rows.shape != (len(ids), width):
         raise ConfigError(f"{name} must have shape ({len(ids)}, {width}), got {rows.shape}")
 
 
-@_secagg_message
+@message_type
 class KeyAdvert(Message):
     """Client -> coordinator: fresh public keys for this sum, signed with the long-term key."""
 
@@ -294,13 +280,13 @@ class KeyAdvert(Message):
     signature: bytes
 
     def _validate(self) -> None:
-        _check_len("transport_key", self.transport_key, _KEY)
-        _check_len("mask_key", self.mask_key, _KEY)
-        _check_len("seed_commitment", self.seed_commitment, _KEY)
-        _check_len("signature", self.signature, _SIG)
+        check_bytes("transport_key", self.transport_key, _KEY)
+        check_bytes("mask_key", self.mask_key, _KEY)
+        check_bytes("seed_commitment", self.seed_commitment, _KEY)
+        check_bytes("signature", self.signature, _SIG)
 
 
-@_secagg_message
+@message_type
 class KeyDirectory(Message):
     """Coordinator -> client: the signed adverts of its neighbourhood (row = transport|mask|commitment|sig)."""
 
@@ -313,7 +299,7 @@ class KeyDirectory(Message):
         _check_rows("keys", self.members, self.keys, _DIR_ENTRY)
 
 
-@_secagg_message
+@message_type
 class ShareUpload(Message):
     """Client -> coordinator: one sealed (seed share, key share) per neighbour, for forwarding."""
 
@@ -326,7 +312,7 @@ class ShareUpload(Message):
         _check_rows("ciphertexts", self.recipients, self.ciphertexts, _SEALED)
 
 
-@_secagg_message
+@message_type
 class ShareDelivery(Message):
     """Coordinator -> client: the sealed shares its neighbours made for it."""
 
@@ -339,7 +325,7 @@ class ShareDelivery(Message):
         _check_rows("ciphertexts", self.senders, self.ciphertexts, _SEALED)
 
 
-@_secagg_message
+@message_type
 class UnmaskRequest(Message):
     """Coordinator -> signers: the survivor list and everyone's signatures of it."""
 
@@ -354,7 +340,7 @@ class UnmaskRequest(Message):
         _check_rows("signatures", self.signers, self.signatures, _SIG)
 
 
-@_secagg_message
+@message_type
 class UnmaskShares(Message):
     """Client -> coordinator: seed shares of surviving neighbours, key shares of dropped ones."""
 
@@ -376,9 +362,6 @@ class UnmaskShares(Message):
         _check_rows("key_shares", self.key_owners, self.key_shares, shamir.SHARE_BYTES)
 
 
-_CONTRIBUTION = {"token": TokenUpload, "update": UpdateUpload}
-
-
 def _rows(items: Sequence[bytes], width: int) -> np.ndarray:
     if not items:
         return np.zeros((0, width), dtype=np.uint8)
@@ -397,7 +380,7 @@ class _Round:
             raise LocalProtocolError("the cohort lists a member twice", stage=_STAGE)
         self.round_id = round_id
         self.cohort = ids
-        self.binding = _binding(round_id)
+        self.binding = round_id.binding("secagg")
         self.graph = neighbour_graph(ids, self.binding, params.degree)
         self.x = {c: i + 1 for i, c in enumerate(ids)}  # Shamir x-coordinate of each holder
         self.fp = params.check_cohort(len(ids))
@@ -580,9 +563,9 @@ class MaskingClient(ClientAggregator):
         for sender in senders:
             pair = self._agree(session.mask, session.adverts[sender][1], rnd.binding + b"|mask", sender)
             if me < sender:
-                y += _pair_mask(pair, n)
+                y += expand_mask(pair, n)
             else:
-                y -= _pair_mask(pair, n)
+                y -= expand_mask(pair, n)
         session.stage = "masked"
         session.encoded = np.zeros(0, dtype=np.uint32)  # the plain encoding is no longer needed
         return [session.upload(y, ENCODING)]
@@ -676,11 +659,10 @@ class MaskingClient(ClientAggregator):
 
 
 # ----------------------------------------------------------------------------- coordinator side
-_STAGES = ("advertise", "share", "masked", "consistency", "unmask")
 _ACCEPTS: dict[str, tuple[type[Message], ...]] = {
     "advertise": (KeyAdvert,),
     "share": (ShareUpload,),
-    "masked": (TokenUpload, UpdateUpload),
+    "masked": tuple(CONTRIBUTION_TYPES.values()),
     "consistency": (ListSignature,),
     "unmask": (UnmaskShares,),
 }
@@ -803,7 +785,7 @@ class MaskingAggregator(SecureAggregator):
 
     def _check_masked(self, sender: str, message: Contribution) -> None:
         rnd = self._open()
-        expected = _CONTRIBUTION[rnd.round_id.phase]
+        expected = CONTRIBUTION_TYPES[rnd.round_id.phase]
         if type(message) is not expected or message.encoding != ENCODING or message.payload.dtype != np.uint32:
             raise RemoteProtocolError(
                 f"{sender!r} sent a {type(message).__name__} in encoding {message.encoding!r}; this sum "
@@ -1008,7 +990,7 @@ class MaskingAggregator(SecureAggregator):
                     seed = agree(pair, self._adverts[u][1], rnd.binding + b"|mask")
                 except CryptoError:  # ruled out at advertise; never trust that blindly
                     return self._fail(f"{u!r}'s mask key gives no shared secret")
-                mask = _pair_mask(seed, self._length)
+                mask = expand_mask(seed, self._length)
                 if u < v:
                     total -= mask
                 else:

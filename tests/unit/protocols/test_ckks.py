@@ -15,7 +15,6 @@ from secure_fcit.protocols.ckks import (
     CKKSAggregator,
     CKKSClient,
     CKKSParams,
-    _binding,
     _signed_bytes,
     create_keys,
     load_secret,
@@ -104,7 +103,7 @@ def test_a_bad_contribution_drops_its_sender(keys, kind):
                 for part in parts:
                     ctx.evaluator.transform_from_ntt_inplace(part)
                 blob = ctx.serialize(parts)
-                sig = inner.identity.signing.sign(_signed_bytes(_binding(rid), offender, blob))
+                sig = inner.identity.signing.sign(_signed_bytes(rid.binding("ckks"), offender, blob))
                 return [dataclasses.replace(message, payload=np.frombuffer(sig + blob, np.uint8).copy())]
             return [message]
 
