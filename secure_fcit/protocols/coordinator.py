@@ -71,7 +71,7 @@ class Coordinator:
         self.coordinator_id = check_id("coordinator_id", coordinator_id)
         if not callable(aggregator_factory):
             raise ConfigError("aggregator_factory must be a callable returning a SecureAggregator")
-        if not isinstance(rng, np.random.Generator):  # (cohort rng)
+        if not isinstance(rng, np.random.Generator):  # the public cohort sampler, never used for a secret
             raise ConfigError("rng must be a numpy Generator")
         if not isinstance(dp, bool):
             raise ConfigError(f"dp must be a bool, got {dp!r}")
