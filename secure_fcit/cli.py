@@ -15,7 +15,6 @@ import argparse
 import logging
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 from .errors import ConfigError, SecureFCITError
@@ -37,24 +36,43 @@ def _config(args: argparse.Namespace):
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """The private federation: DISCO with DP-SGD on the Hom task stream, then the audit report."""
-    from .config import config_from_dict, load_config
+    """A real federation on loopback (server + client processes over mutual TLS), or in process."""
+    from .config import config_from_dict, load_config, parse_sets
 
-    overrides = {"dp.enabled": True}
+    overrides = {"dp.enabled": True} | parse_sets(args.set)
     if args.seed is not None:
         overrides["seed"] = args.seed
+    if args.clients is not None:
+        overrides["scenario.n_clients"] = args.clients
     if args.config:
         cfg = load_config(args.config, overrides)
-    else:
+    elif args.in_process:
         cfg = config_from_dict({"dp": {"enabled": True}, **({"seed": args.seed} if args.seed is not None else {})})
+    else:
+        raise ConfigError("the demo needs --config (e.g. configs/demo.toml): its processes read the same file")
     dp = cfg.dp
-    print(f"secure-fcit demo: {cfg.fcit.strategy} federation on {cfg.scenario.setting}-{cfg.scenario.kind}, "
+    where = "in process" if args.in_process else "over mutual TLS 1.3 on loopback"
+    print(f"secure-fcit demo: {cfg.fcit.strategy} federation on {cfg.scenario.setting}-{cfg.scenario.kind} {where}, "
           f"{cfg.scenario.n_clients} clients, DP-SGD per client (epsilon_max {dp.epsilon:g}, delta {dp.delta:g}), "
           f"{cfg.privacy.aggregation} aggregation")
     # A fresh folder per run: the clients' ledgers in an old one would carry their spend over.
     out = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     print(f"output: {out}")
-    return _simulate_and_report(cfg, out, progress=not args.no_progress, quiet=False)
+    if args.in_process:
+        return _simulate_and_report(cfg, out, progress=not args.no_progress, quiet=False)
+    from .deploy.demo import run_demo
+
+    return run_demo(args.config, cfg, out, progress=not args.no_progress, sets=_demo_sets(args))
+
+
+def _demo_sets(args: argparse.Namespace) -> list[str]:
+    """What the demo's processes must override in the shared config file, as ``--set`` items."""
+    items = list(args.set or ())
+    if args.seed is not None:
+        items.append(f"seed={args.seed}")
+    if args.clients is not None:
+        items.append(f"scenario.n_clients={args.clients}")
+    return items + ["dp.enabled=true"]
 
 
 def _simulate_and_report(cfg, out: Path, progress: bool, quiet: bool) -> int:
@@ -120,20 +138,12 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import load_config, parse_sets
 
     flags = {"fcit.strategy": args.strategy, "scenario.beta": args.beta, "seed": args.seed,
              "dp.enabled": True if args.dp else None, "dp.epsilon": args.epsilon, "dp.delta": args.delta,
              "privacy.aggregation": args.aggregation}
-    overrides = {k: v for k, v in flags.items() if v is not None}
-    for item in args.set or ():
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE (a TOML value), got {item!r}")
-        try:
-            overrides[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            raise ConfigError(f"--set {key}: {raw!r} is not a TOML value (quote strings: key='\"text\"')") from None
+    overrides = {k: v for k, v in flags.items() if v is not None} | parse_sets(args.set)
     cfg = load_config(args.config, overrides)
     sc = cfg.scenario
     dp = f"-dp{cfg.dp.epsilon:g}" if cfg.dp.enabled else ""
@@ -157,6 +167,26 @@ def _cmd_certs_issue(args: argparse.Namespace) -> int:
     for client in args.client:
         p = issue_client(args.out, client)
         print(f"client {client}: {p.cert} (key {p.key}, mode 0600)")
+    return 0
+
+
+def _cmd_deploy_prepare(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .crypto.certs import init_federation, issue_client
+    from .deploy.roster import prepare_federation
+
+    cfg = load_config(args.config)
+    out = Path(args.out)
+    roster, folders = prepare_federation(cfg, out, progress=not args.no_progress)
+    print(f"roster: {out / 'roster.json'} ({roster.n_stages} stages, {len(roster.clients)} clients)")
+    print(f"client data: {out / 'clients'}/<id>/stage-NN/train.json ({len(folders)} clients hold data)")
+    if not args.no_certs:
+        certs = out / "certs"
+        init_federation(certs, args.federation, args.server_name or [cfg.deploy.host])
+        for client in roster.clients:
+            issue_client(certs, client)
+        print(f"certificates: {certs} (CA, server, {len(roster.clients)} clients; keys 0600); "
+              f"set deploy.certs = \"{certs}\"")
     return 0
 
 
@@ -202,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", help="TOML config (default: built-in defaults)")
     demo.add_argument("--seed", type=int, help="override the config's seed")
     demo.add_argument("--out", help="output directory (default: a new runs/demo-<date>-<time>)")
+    demo.add_argument("--clients", type=int, help="number of client processes (overrides scenario.n_clients)")
+    demo.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="override any config key with a TOML value, e.g. --set fcit.rounds_per_stage=2")
+    demo.add_argument("--in-process", action="store_true",
+                      help="run the same stream in one process (simulation transport) instead of over TLS")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(func=_cmd_demo)
 
@@ -264,6 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     cissue.add_argument("--out", required=True, help="the certificate folder of `certs init`")
     cissue.add_argument("--client", action="append", required=True, help="client id (repeatable)")
     cissue.set_defaults(func=_cmd_certs_issue)
+
+    dep = sub.add_parser("deploy", help="prepare a federation folder for `python -m secure_fcit.server` / `.client`")
+    dep_sub = dep.add_subparsers(dest="deploy_command", required=True)
+    prep = dep_sub.add_parser(
+        "prepare", help="write roster.json, each client's data folder and (unless --no-certs) the certificates")
+    prep.add_argument("--config", required=True, help="TOML config of the federation")
+    prep.add_argument("--out", required=True, help="new federation folder")
+    prep.add_argument("--federation", default="secure-fcit", help="federation id (the CA's organization)")
+    prep.add_argument("--server-name", action="append",
+                      help="server host name or IP for its certificate (repeatable; default: deploy.host)")
+    prep.add_argument("--no-certs", action="store_true", help="write no certificates (the sites enrol separately)")
+    prep.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    prep.set_defaults(func=_cmd_deploy_prepare)
 
     pred = sub.add_parser("predict", help="answer a question about an image with a trained state")
     pred.add_argument("--state", required=True, help="a run's state/ directory")

@@ -27,9 +27,11 @@ __all__ = [
     "TrainConfig",
     "EvalConfig",
     "ScenarioConfig",
+    "DeployConfig",
     "Config",
     "load_config",
     "config_from_dict",
+    "parse_sets",
 ]
 
 
@@ -131,8 +133,12 @@ class ScenarioConfig:
     n_clients: int = 50
     clients_per_round: int = 5
     beta: float = 1.0
+    #: run only the first N stages of the stream (0 = all): short demos and tests.
+    max_stages: int = 0
 
     def __post_init__(self) -> None:
+        if self.max_stages < 0:
+            raise ConfigError(f"scenario.max_stages must be >= 0 (0 = every stage), got {self.max_stages}")
         if self.setting not in ("hom", "het"):
             raise ConfigError(f"scenario.setting must be 'hom' or 'het', got {self.setting!r}")
         if self.kind not in ("task", "cap"):
@@ -307,6 +313,42 @@ class DPConfig:
 
 
 @dataclass(frozen=True)
+class DeployConfig:
+    """``python -m secure_fcit.server`` / ``.client`` over mutual TLS 1.3 (see ``secure_fcit.deploy``)."""
+
+    #: the server's listening address, and the address clients connect to.
+    host: str = "127.0.0.1"
+    port: int = 8443
+    #: folder of ``certs init|issue`` (ca.pem, server.pem/.key, clients/<id>.pem/.key).
+    certs: str = ""
+    #: largest frame either side accepts; a longer length prefix is refused before it is read.
+    max_message_size: int = 256 << 20
+    #: seconds a started frame (or the opening hello) has to arrive completely.
+    read_timeout: float = 30.0
+    #: seconds a secure-sum step waits for the peers it needs; then they are dropped as dropouts.
+    phase_timeout: float = 900.0
+    #: seconds the server waits for clients before the first stage (then it starts with those present).
+    join_timeout: float = 600.0
+    #: clients that must be connected before the stream starts (0 = every client of the roster).
+    min_clients: int = 0
+    #: a client's reconnect backoff doubles from 0.5 s up to this many seconds.
+    backoff_max: float = 30.0
+    #: seconds a client keeps trying to reach the server before it gives up (0 = forever).
+    give_up_after: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"deploy.port must be in 1..65535, got {self.port}")
+        if self.max_message_size < 1024:
+            raise ConfigError(f"deploy.max_message_size must be >= 1024 bytes, got {self.max_message_size}")
+        for name in ("read_timeout", "phase_timeout", "join_timeout", "backoff_max"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"deploy.{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.min_clients < 0 or self.give_up_after < 0:
+            raise ConfigError("deploy.min_clients and deploy.give_up_after must be >= 0")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -317,6 +359,7 @@ class Config:
     fcit: FCITConfig = field(default_factory=FCITConfig)
     dp: DPConfig = field(default_factory=DPConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -339,6 +382,7 @@ class Config:
             )
         self.fcit.dko(self.privacy.aggregation)
         units = 8 if sc.kind == "task" else 4
+        units = min(units, sc.max_stages) if sc.max_stages else units
         if fc.strategy == "disco" and fc.max_slots < units:
             raise ConfigError(
                 f"fcit.max_slots ({fc.max_slots}) is below the {units} {sc.kind} units of the "
@@ -411,3 +455,17 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         return config_from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``--set KEY=VALUE`` command-line overrides (VALUE in TOML: ``fcit.policy='"allow"'``)."""
+    overrides: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (a TOML value), got {item!r}")
+        try:
+            overrides[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(f"--set {key}: {raw!r} is not a TOML value (quote strings: key='\"text\"')") from None
+    return overrides

@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..errors import ConfigError
 from ..protocols.messages import check_id
 
-__all__ = ["CertPaths", "init_federation", "issue_client", "load_private_key", "subject_id"]
+__all__ = ["CertPaths", "init_federation", "issue_client", "load_private_key", "subject_id", "client_directory"]
 
 _VALIDITY_DAYS = 825
 
@@ -162,3 +163,33 @@ def subject_id(cert: x509.Certificate) -> str:
     if len(names) != 1:
         raise ConfigError("a federation certificate names exactly one common name")
     return check_id("certificate common name", str(names[0].value))
+
+
+def client_directory(directory: str | Path, client_ids: list[str]) -> dict[str, bytes]:
+    """Each client's raw Ed25519 public key, from ``clients/<id>.pem`` checked against the CA.
+
+    This is the identity directory secure aggregation signs against: a certificate the federation
+    CA did not sign, or one naming another client, is refused with the file it came from.
+    """
+    out = Path(directory)
+    cert_path = out / "ca.pem"
+    if not cert_path.is_file():
+        raise ConfigError(f"{cert_path} does not exist; run `certs init` first")
+    ca_cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    keys: dict[str, bytes] = {}
+    for client in client_ids:
+        path = out / "clients" / f"{client}.pem"
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist (run `python -m secure_fcit certs issue --client {client}`)")
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        try:
+            cert.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise ConfigError(f"{path} is not signed by the federation CA {cert_path}") from None
+        if subject_id(cert) != client:
+            raise ConfigError(f"{path} names {subject_id(cert)!r}, not {client!r}")
+        public = cert.public_key()
+        if not isinstance(public, Ed25519PublicKey):
+            raise ConfigError(f"{path} does not hold an Ed25519 key")
+        keys[client] = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return keys

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config, DPConfig
+from ..crypto.prg import ChaCha20PRG
 from ..errors import JournalError, PrivacyError
 from ..model.chat import EncodedSample
 from .ledger import PrivacyLedger, RoundPlan
@@ -32,9 +33,15 @@ def planned_rounds(config: Config, n_stages: int) -> int:
 
 
 class ClientPrivacy:
+    """``noise_prg`` is for equality tests only: ``noise_prg(stage, round)`` gives the round's
+    ChaCha20 stream (batch sampling and noise). No config or command line reaches it; without it
+    (always, in production) every round draws a fresh key from ``os.urandom``."""
+
     def __init__(self, root: Path, client_id: str, dp: DPConfig, *, batch_size: int, local_epochs: float,
-                 lr: float, planned_rounds: int) -> None:
+                 lr: float, planned_rounds: int,
+                 noise_prg: Callable[[int, int], ChaCha20PRG] | None = None) -> None:
         self.dp = dp
+        self._noise_prg = noise_prg
         self.client_id = client_id
         self.batch_size, self.local_epochs, self.lr = batch_size, local_epochs, lr
         self.planned_rounds = planned_rounds
@@ -71,7 +78,8 @@ class ClientPrivacy:
         self.ledger.charge(plan)  # journaled and fsynced before the first step
         return dp_train_steps(model, params, samples, noise_multiplier=plan.sigma, max_grad_norm=plan.max_grad_norm,
                               sample_rate=plan.q, steps=plan.steps, lr=self.lr, pad_id=pad_id,
-                              extra_loss=extra_loss, grad_masks=grad_masks, collect_sq=collect_sq)
+                              extra_loss=extra_loss, grad_masks=grad_masks, collect_sq=collect_sq,
+                              prg=None if self._noise_prg is None else self._noise_prg(stage, round))
 
     def record_token_release(self, stage: int, n_samples: int) -> None:
         """The identity token (n_k * mean embedding of the stage's instructions) and n_k leave

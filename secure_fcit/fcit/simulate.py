@@ -13,6 +13,7 @@ which ``fcit.predict`` loads to answer prompts with SSA routing.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -45,7 +46,7 @@ from .workspace import Workspace, prepare_workspace
 
 __all__ = [
     "SimulationResult", "run_simulation", "write_simulation", "scenario_for", "slot_layout",
-    "build_slots", "global_state",
+    "build_slots", "global_state", "build_learner", "build_organizer", "client_id", "write_state",
 ]
 
 
@@ -75,7 +76,10 @@ def scenario_for(config: Config, ws: Workspace) -> Scenario:
     sc = config.scenario
     tasks = _stream_tasks(sc.kind)
     sizes = {t: len(ws.train_records(t)) for t in tasks}
-    return build_scenario(sc.setting, sc.kind, sizes, sc.n_clients, sc.clients_per_round, sc.beta, config.seed)
+    scenario = build_scenario(sc.setting, sc.kind, sizes, sc.n_clients, sc.clients_per_round, sc.beta, config.seed)
+    if sc.max_stages and sc.max_stages < len(scenario.stages):
+        scenario = replace(scenario, stages=scenario.stages[: sc.max_stages])
+    return scenario
 
 
 def _stream_tasks(kind: str) -> tuple[str, ...]:
@@ -98,7 +102,7 @@ def build_slots(model: torch.nn.Module, layout: dict[str, Any]) -> SlotLoRA:
                     max_slots=layout["max_slots"])
 
 
-def _organizer(config: Config, dim: int, slots: SlotLoRA, layout: dict[str, Any]):
+def build_organizer(config: Config, dim: int, slots: SlotLoRA, layout: dict[str, Any]):
     fc = config.fcit
     dko = replace(fc.dko(config.privacy.aggregation), max_slots=layout["max_slots"])
     p, parts = slots.slot_size, layout["parts"]
@@ -114,11 +118,31 @@ def _organizer(config: Config, dim: int, slots: SlotLoRA, layout: dict[str, Any]
     return SharedSlotOrganizer(dim, p, dko, slot_init=init)
 
 
-def _learners(config: Config, ws: Workspace, scenario: Scenario, slots: SlotLoRA, encoder,
-              privacy_dir: Path | None = None) -> dict[int, SlotLearner]:
+def build_learner(config: Config, client_id: str, slots: SlotLoRA, encoder, samples: dict, instructions: dict,
+                  pad: int, planned: int, privacy_dir: Path | None = None, noise_prg=None) -> SlotLearner:
+    """The configured strategy's learner for one client (in process, or in a client process)."""
     fc = config.fcit
-    planned = planned_rounds(config, len(scenario.stages))
     spec = TrainSpec(epochs=fc.local_epochs, batch_size=fc.local_batch_size, lr=fc.lr)
+    args = (client_id, slots, encoder, samples, instructions, spec, pad, config.seed)
+    kw = {}
+    if config.dp.enabled:
+        if privacy_dir is None:
+            raise ConfigError("dp.enabled needs a folder for the client's spend journal")
+        kw["privacy"] = ClientPrivacy(privacy_dir, client_id, config.dp, batch_size=fc.local_batch_size,
+                                      local_epochs=fc.local_epochs, lr=fc.lr, planned_rounds=planned,
+                                      noise_prg=None if noise_prg is None else functools.partial(noise_prg, client_id))
+    if fc.strategy == "fedprox":
+        return FedProxLearner(*args, mu=fc.fedprox_mu, **kw)
+    if fc.strategy == "ewc":
+        return EWCLearner(*args, lam=fc.ewc_lambda, rounds_per_stage=fc.rounds_per_stage, **kw)
+    if fc.strategy == "olora":
+        return OLoRALearner(*args, lam=fc.olora_lambda, block_rank=fc.slot_rank, **kw)
+    return SlotLearner(*args, **kw)
+
+
+def _learners(config: Config, ws: Workspace, scenario: Scenario, slots: SlotLoRA, encoder,
+              privacy_dir: Path | None = None, noise_prg=None) -> dict[int, SlotLearner]:
+    planned = planned_rounds(config, len(scenario.stages))
     pad = ws.processor.tokenizer.pad_token_id
     per_client: dict[int, tuple[dict, dict]] = {}
     for stage in scenario.stages:
@@ -127,25 +151,15 @@ def _learners(config: Config, ws: Workspace, scenario: Scenario, slots: SlotLoRA
             encoded = [ws.train_samples(task)[int(i)] for task, idx in parts for i in idx]
             samples[stage.index] = encoded
             instructions[stage.index] = [ws.train_records(task)[int(i)].turns[0][0] for task, idx in parts for i in idx]
-    learners = {}
-    for client, (samples, instructions) in sorted(per_client.items()):
-        args = (_client_id(client), slots, encoder, samples, instructions, spec, pad, config.seed)
-        kw = {}
-        if config.dp.enabled:
-            kw["privacy"] = ClientPrivacy(privacy_dir, _client_id(client), config.dp, batch_size=fc.local_batch_size,
-                                          local_epochs=fc.local_epochs, lr=fc.lr, planned_rounds=planned)
-        if fc.strategy == "fedprox":
-            learners[client] = FedProxLearner(*args, mu=fc.fedprox_mu, **kw)
-        elif fc.strategy == "ewc":
-            learners[client] = EWCLearner(*args, lam=fc.ewc_lambda, rounds_per_stage=fc.rounds_per_stage, **kw)
-        elif fc.strategy == "olora":
-            learners[client] = OLoRALearner(*args, lam=fc.olora_lambda, block_rank=fc.slot_rank, **kw)
-        else:
-            learners[client] = SlotLearner(*args, **kw)
-    return learners
+    return {
+        client: build_learner(config, client_id(client), slots, encoder, samples, instructions, pad, planned,
+                              privacy_dir, noise_prg)
+        for client, (samples, instructions) in sorted(per_client.items())
+    }
 
 
-def _client_id(client: int) -> str:
+def client_id(client: int) -> str:
+    """The wire id of simulation client ``client``: ``client-007``."""
     return f"client-{client:03d}"
 
 
@@ -177,7 +191,8 @@ def _evaluator(config: Config, ws: Workspace, slots: SlotLoRA, encoder) -> Calla
 
 
 def run_simulation(config: Config, progress: bool = True, log: Callable[[str], None] = print,
-                   privacy_dir: Path | None = None, decryption_log: Path | None = None) -> SimulationResult:
+                   privacy_dir: Path | None = None, decryption_log: Path | None = None,
+                   noise_prg: Callable[[str, int, int], Any] | None = None) -> SimulationResult:
     """Run the configured strategy over the configured FCIT stream; see the module docstring.
 
     Under CKKS every decryption is logged (JSON lines) to ``decryption_log``, by default
@@ -198,19 +213,19 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
     layout = slot_layout(config, n_stages)
     slots = build_slots(model, layout)
     encoder = load_encoder(fc.encoder, ws.model_dir)
-    organizer = _organizer(config, encoder.dim, slots, layout)
-    learners = _learners(config, ws, scenario, slots, encoder, privacy_dir)
+    organizer = build_organizer(config, encoder.dim, slots, layout)
+    learners = _learners(config, ws, scenario, slots, encoder, privacy_dir, noise_prg)
     fed_id = f"sim-{sc.setting}-{sc.kind}-{fc.strategy}"
     aggregation = build_aggregation(
-        config.privacy, [_client_id(c) for c in learners],
+        config.privacy, [client_id(c) for c in learners],
         decryption_log=decryption_log or (None if privacy_dir is None else privacy_dir / "decryptions.jsonl"),
     )
     coordinator = Coordinator(
-        fed_id, ScenarioSchedule(scenario, _client_id), aggregation.factory,
+        fed_id, ScenarioSchedule(scenario, client_id), aggregation.factory,
         organizer, organizer.slot_size, fc.rounds_per_stage, np.random.default_rng(config.seed),
         dp=config.dp.enabled,
     )
-    workers = [Worker(fed_id, _client_id(c), learner, aggregation.clients[_client_id(c)])
+    workers = [Worker(fed_id, client_id(c), learner, aggregation.clients[client_id(c)])
                for c, learner in learners.items()]
     evaluate = _evaluator(config, ws, slots, encoder)
     stage_tasks = [list(stage.tasks) for stage in scenario.stages]
@@ -275,8 +290,6 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
 
 def write_simulation(result: SimulationResult, config: Config, out: Path) -> list[Path]:
     """Write metrics.json, metrics.md, accuracy_matrix.png and the global state under ``out``."""
-    from safetensors.numpy import save_file
-
     out = Path(out)
     (out / "state").mkdir(parents=True, exist_ok=True)
     labels = [" + ".join(t) for t in result.stage_tasks]
@@ -317,14 +330,23 @@ def write_simulation(result: SimulationResult, config: Config, out: Path) -> lis
     paths[1].write_text("\n".join(md))
     plot_matrix(metrics["accuracy_matrix"], labels, paths[2],
                 f"{result.strategy}, {result.setting}-{result.kind}, beta {result.beta}")
-    st = result.state
-    save_file({f"slot{i}": np.ascontiguousarray(v) for i, v in enumerate(st["slots"])}, str(out / "state" / "slots.safetensors"))
-    (out / "state" / "tokens.json").write_text(json.dumps({
-        "layout": st["layout"],
-        "tokens": np.asarray(st["tokens"], dtype=np.float64).round(8).tolist(),
+    return paths + write_state(result.state, config, out / "state")
+
+
+def write_state(state: dict[str, Any], config: Config, folder: Path) -> list[Path]:
+    """The trained global state: slot vectors (safetensors) and tokens + layout (JSON), for ``predict``."""
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({f"slot{i}": np.ascontiguousarray(v) for i, v in enumerate(state["slots"])},
+              str(folder / "slots.safetensors"))
+    (folder / "tokens.json").write_text(json.dumps({
+        "layout": state["layout"],
+        "tokens": np.asarray(state["tokens"], dtype=np.float64).round(8).tolist(),
         "ssa_temperature": config.fcit.ssa_temperature,
         "encoder": config.fcit.encoder,
         "model": asdict(config.model),
     }, indent=1) + "\n")
-    return paths + [out / "state" / "slots.safetensors", out / "state" / "tokens.json"]
+    return [folder / "slots.safetensors", folder / "tokens.json"]
 

@@ -219,6 +219,14 @@ class SecureAggregator(ABC):
     def failure(self) -> str | None:
         """Why this sum can no longer complete (too few contributors left), or None."""
 
+    @abstractmethod
+    def pending(self) -> frozenset[str]:
+        """Cohort members whose next message this sum is waiting for (none once it is over).
+
+        A transport that times a phase out drops exactly these: a member that already answered
+        its current step is never dropped for someone else's silence.
+        """
+
 
 class ClientAggregator(ABC):
     """Worker side of secure sums; one instance per worker, ``begin`` once per phase."""
@@ -337,6 +345,11 @@ class PlaintextAggregator(SecureAggregator):
         self._dropped.add(sender)
         self._vectors.pop(sender, None)
         return []
+
+    def pending(self) -> frozenset[str]:
+        if self._round is None or self._result is not None or self.failure is not None:
+            return frozenset()
+        return frozenset(self._cohort - self._dropped - set(self._vectors))
 
     @property
     def failure(self) -> str | None:

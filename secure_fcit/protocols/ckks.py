@@ -658,6 +658,17 @@ class CKKSAggregator(SecureAggregator):
     def result(self) -> Aggregate | None:
         return self._result
 
+    def pending(self) -> frozenset[str]:
+        if self._round is None or self._result is not None or self._failure is not None:
+            return frozenset()
+        if self._stage == "collect":
+            waiting = set(self._cohort) - set(self._blobs)
+        elif self._stage == "confirm":
+            waiting = set(self._contributors) - set(self._list_signatures)
+        else:
+            waiting = {self._decryptor} if self._decryptor else set()
+        return frozenset(waiting - self._gone)
+
     # -- internals
     def _open(self) -> AggregationRound:
         if self._round is None:

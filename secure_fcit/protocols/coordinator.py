@@ -39,6 +39,7 @@ from secure_fcit.protocols.messages import (
     SlotPlan,
     StageEnd,
     StageStart,
+    StageSync,
     check_id,
     check_int,
 )
@@ -161,6 +162,42 @@ class Coordinator:
         if self._state in S.COLLECTING and peer in self._cohort_set and peer not in self._dropped:
             return self._offence(peer, "connection lost")
         return []
+
+    def sync(self, peer: str) -> list[Outgoing]:
+        """A ``StageSync`` for a stage member that (re)connected: only at a boundary, where no
+        phase is in flight (a peer that joins mid-phase is synced at the next boundary)."""
+        if self._state not in (S.BEFORE_STAGE, S.BEFORE_ROUND) or self._stage >= self.schedule.n_stages:
+            return []
+        planned = self._state == S.BEFORE_ROUND
+        members = self._members if planned else self.schedule.members(self._stage)
+        if peer not in members:
+            return []
+        org = self.organizer
+        tokens = np.asarray(org.tokens, dtype=np.float32).reshape(-1, org.dim)
+        message = StageSync(
+            federation_id=self.federation_id, stage=self._stage, round=self._round if planned else -1,
+            attempt=self._attempt, sender=self.coordinator_id,
+            tokens=tokens, active=self._active if planned else (), planned=planned,
+        )
+        return [(peer, message)]
+
+    def pending(self) -> frozenset[str]:
+        """Peers the current phase waits for (empty at a boundary): what a stall timeout drops."""
+        if self._state not in S.COLLECTING or self._aggregator is None:
+            return frozenset()
+        return frozenset(self._aggregator.pending() - set(self._dropped))
+
+    def expire(self, reason: str) -> list[Outgoing]:
+        """The transport's phase timer ran out: drop every peer still ``pending()``, with ``reason``.
+
+        Peers that already answered their current step stay in; the secure sum recovers from the
+        dropped ones as from any dropout (or the phase aborts and is retried).
+        """
+        out: list[Outgoing] = []
+        for peer in sorted(self.pending()):
+            if peer in self.pending():  # an earlier drop may have ended the phase
+                out += self._offence(peer, reason)
+        return out
 
     def snapshot(self) -> dict[str, Any]:
         """Plain-data state at a boundary; ``restore`` it into a coordinator built the same way."""

@@ -33,6 +33,7 @@ __all__ = [
     "StageStart",
     "TokenUpload",
     "SlotPlan",
+    "StageSync",
     "RoundStart",
     "UpdateUpload",
     "Refusal",
@@ -261,6 +262,30 @@ class SlotPlan(Message):
     def _validate(self) -> None:
         _check_tokens(self.tokens)
         check_slots("active", self.active)
+        if self.active and self.active[-1] >= self.tokens.shape[0]:
+            raise ConfigError(f"active slot {self.active[-1]} does not exist ({self.tokens.shape[0]} slots)")
+
+
+@_message
+class StageSync(Message):
+    """Coordinator -> a stage member that (re)connected between phases: where the stream stands.
+
+    ``planned``: stage ``stage`` has its slot plan (``tokens``, ``active``; token phase attempt
+    ``attempt``) and its next round is ``round``; the worker joins it ready to train. Otherwise
+    stage ``stage`` has not started (``round`` -1) and the worker waits idle for its StageStart.
+    """
+
+    arrays: ClassVar[dict[str, tuple[tuple[str, ...], int]]] = {"tokens": (_FLOAT_DTYPES[:1], 2)}
+
+    tokens: np.ndarray
+    active: tuple[int, ...]
+    planned: bool
+
+    def _validate(self) -> None:
+        _check_tokens(self.tokens)
+        check_slots("active", self.active)
+        if not isinstance(self.planned, bool) or self.planned != (self.round >= 0):
+            raise ConfigError("StageSync: planned goes with a round >= 0, unplanned with round -1")
         if self.active and self.active[-1] >= self.tokens.shape[0]:
             raise ConfigError(f"active slot {self.active[-1]} does not exist ({self.tokens.shape[0]} slots)")
 

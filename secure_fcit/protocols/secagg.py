@@ -760,6 +760,11 @@ class MaskingAggregator(SecureAggregator):
     def result(self) -> Aggregate | None:
         return self._result
 
+    def pending(self) -> frozenset[str]:
+        if self._rnd is None or self._result is not None or self._failure is not None:
+            return frozenset()
+        return frozenset(self._expected - set(self._answers) - self._gone)
+
     # -- per-stage checks of one message
     def _check_advertise(self, sender: str, message: KeyAdvert) -> None:
         rnd = self._open()
@@ -870,6 +875,9 @@ class MaskingAggregator(SecureAggregator):
         u1 = self._viable(answered)
         self.stage_sets["advertised"] = u1
         if (why := self._enough(u1, "advertised keys")) is not None:
+            if answered and len(u1) < len(answered):
+                why = (f"{len(answered)} of {len(rnd.cohort)} clients advertised keys, fewer than the "
+                       f"{rnd.t(answered[0])} a secret needs to be rebuilt (privacy.threshold)")
             return self._fail(why)
         for u in u1:
             advert = self._answers[u]

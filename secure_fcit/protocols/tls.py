@@ -87,10 +87,23 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str:
         raise RemoteProtocolError(str(exc), stage=_STAGE) from None
 
 
-async def read_frame(reader: asyncio.StreamReader, max_size: int, timeout: float) -> bytes:
-    """One frame; ``RemoteProtocolError`` on a bad length, a timeout or a closed stream."""
+_SAME = object()
+
+
+async def read_frame(reader: asyncio.StreamReader, max_size: int, timeout: float, idle: float | None | object = _SAME
+                     ) -> bytes:
+    """One frame; ``RemoteProtocolError`` on a bad length, a timeout or a closed stream.
+
+    ``timeout`` bounds the frame once its first byte is awaited; ``idle`` bounds the wait for the
+    frame to start (default ``timeout``; None: peers idle between rounds for as long as they like,
+    a frame once started must still complete within ``timeout``).
+    """
+    wait = timeout if idle is _SAME else idle
     try:
-        prefix = await asyncio.wait_for(reader.readexactly(PREFIX), timeout)
+        first = await asyncio.wait_for(reader.read(1), wait)
+        if not first:
+            raise RemoteProtocolError("connection closed", stage=_STAGE)
+        prefix = first + await asyncio.wait_for(reader.readexactly(PREFIX - 1), timeout)
         size = int.from_bytes(prefix, "big")
         if not 0 < size <= max_size:
             raise RemoteProtocolError(f"frame length {size} outside 1..{max_size}", stage=_STAGE)

@@ -36,6 +36,7 @@ from secure_fcit.protocols.messages import (
     RoundStart,
     SlotPlan,
     StageStart,
+    StageSync,
     TokenUpload,
     UpdateUpload,
     check_id,
@@ -138,6 +139,8 @@ class Worker:
                 f"{type(message).__name__} from {message.sender!r} of federation {message.federation_id!r}",
                 stage=stage,
             )
+        if isinstance(message, StageSync):
+            return self._on_sync(message, stage)
         key = S.AGGREGATION if isinstance(message, self.aggregator.message_types) else type(message)
         next_state = S.WORKER_TRANSITIONS.get((self._state, key))
         if next_state is None:
@@ -182,6 +185,29 @@ class Worker:
         elif self._state == S.AWAIT_ROUND_END and not isinstance(message, Abort):
             if (message.round, message.attempt) != self._round_key:
                 raise RemoteProtocolError("message of another round or attempt", stage=stage)
+
+    def _on_sync(self, message: StageSync, stage: str) -> list[Message]:
+        """Rejoin between phases: idle before stage ``message.stage``, or ready in it (see StageSync)."""
+        if self._state not in (S.IDLE, S.READY):
+            raise RemoteProtocolError(f"StageSync while {self._state!r}", stage=stage)
+        if self._stage_key is not None and message.stage < self._stage_key[0]:
+            raise RemoteProtocolError(
+                f"StageSync to stage {message.stage} goes back from stage {self._stage_key[0]}", stage=stage
+            )
+        if self._tokens.shape[1] != message.tokens.shape[1] and self._tokens.size:
+            raise RemoteProtocolError("StageSync tokens changed dimension", stage=stage)
+        self._tokens, self._token = message.tokens, None
+        if message.planned:
+            self._stage_key = (message.stage, 0)
+            self._round_key = (message.round, message.attempt - 1)
+            self._active = message.active
+            self._n_samples = check_int("num_samples", self.learner.num_samples(message.stage), 0)
+            self._state = S.READY
+        else:
+            self._stage_key, self._round_key = (message.stage, message.attempt - 1), None
+            self._active, self._n_samples = (), 0
+            self._state = S.IDLE
+        return []
 
     def _on_stage_start(self, message: StageStart) -> list[Message]:
         self._stage_key, self._round_key = (message.stage, message.attempt), None

@@ -38,11 +38,24 @@ def test_module_entry_point_runs():
     assert res.returncode == 0 and "demo" in res.stdout
 
 
-def test_demo_runs_the_private_federation_and_ends_with_the_audit(tmp_path, micro_model_dir, capsys):
+def test_demo_runs_a_tls_federation_of_processes_and_ends_with_the_audit(tmp_path, micro_model_dir, capsys):
     # no [dp] table: the demo turns DP on with the default budget
     cfg = write_micro_toml(tmp_path / "demo.toml", micro_model_dir, tmp_path / "cache")
-    assert main(["demo", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert main(["demo", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress",
+                 "--set", "scenario.max_stages=2"]) == 0
+    out = capsys.readouterr().out
+    assert "over mutual TLS 1.3 on loopback" in out and "masking aggregation" in out
+    assert "started the server and 4 client processes" in out and "| after stage |" in out
+    assert "privacy audit: 4/4 journals verified" in out
+    assert (tmp_path / "run" / "audit" / "REPORT.html").is_file()
+    assert len(list((tmp_path / "run" / "sites").glob("client-*/privacy/client-*/journal.jsonl"))) == 4
+    assert (tmp_path / "run" / "server" / "result" / "state" / "slots.safetensors").is_file()
+
+
+def test_demo_in_process_runs_the_same_stream_through_the_simulation(tmp_path, micro_model_dir, capsys):
+    cfg = write_micro_toml(tmp_path / "demo.toml", micro_model_dir, tmp_path / "cache")
+    assert main(["demo", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress", "--in-process",
+                 "--set", "scenario.max_stages=2"]) == 0
     out = capsys.readouterr().out
     assert "DP-SGD per client (epsilon_max 8, delta 1e-05), masking aggregation" in out and "privacy audit: " in out
-    assert (tmp_path / "run" / "audit" / "REPORT.html").is_file()
     assert list((tmp_path / "run" / "privacy").glob("client-*/journal.jsonl"))

@@ -18,6 +18,7 @@ from secure_fcit.protocols import (
     SlotPlan,
     StageEnd,
     StageStart,
+    StageSync,
     TokenUpload,
     UpdateUpload,
     decode,
@@ -155,12 +156,21 @@ def secagg_messages(draw):
                         n_contributors=draw(st.integers(1, 50)))
 
 
-messages = st.one_of(messages, secagg_messages())
+@st.composite
+def stage_syncs(draw):
+    toks = draw(tokens())
+    planned = draw(st.booleans())
+    base = {k: draw(v) for k, v in common(False if planned else True).items()}
+    active = draw(st.lists(st.integers(0, max(toks.shape[0] - 1, 0)), unique=True, max_size=toks.shape[0]))
+    return StageSync(**base, tokens=toks, active=tuple(sorted(active)) if planned else (), planned=planned)
+
+
+messages = st.one_of(messages, secagg_messages(), stage_syncs())
 
 
 def test_every_registered_type_is_covered():
     assert set(MESSAGE_TYPES) == {
-        "StageStart", "TokenUpload", "SlotPlan", "RoundStart", "UpdateUpload",
+        "StageStart", "TokenUpload", "SlotPlan", "StageSync", "RoundStart", "UpdateUpload",
         "Refusal", "RoundEnd", "StageEnd", "Abort",
         "SignedList", "ListSignature",
         "KeyAdvert", "KeyDirectory", "ShareUpload", "ShareDelivery", "UnmaskRequest", "UnmaskShares",

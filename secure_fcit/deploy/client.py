@@ -1,0 +1,218 @@
+"""A client process: its own data, keys, DP accountant and spend journal, and the sans-IO ``Worker``
+driven over mutual TLS 1.3.
+
+``FederationClient`` loads the client's LLaVA-JSON data per stage (``<data>/stage-NN/train.json``),
+builds the configured strategy's learner on the model, signs secure-sum messages with the private
+key of its own certificate, and answers the coordinator's rounds. It keeps under ``<state>/``:
+
+- ``privacy/<id>/``: the spend journal and accountant (DP on), continued across restarts; a round
+  over the budget is refused, with the reason sent to the server and printed here;
+- ``worker.json``: the round machine between phases (atomically replaced), so a client that lost
+  its connection or was restarted rejoins at the last boundary it saw.
+
+It connects with exponential backoff (0.5 s doubling to ``deploy.backoff_max``) and reconnects after
+any loss; it exits when the server says the stream is finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Config
+from ..crypto.certs import client_directory, load_private_key
+from ..data.llava_json import load_train
+from ..dp.journal import atomic_write_json
+from ..errors import ConfigError, LocalProtocolError, ProtocolError, RemoteProtocolError
+from ..protocols.codec import encode
+from ..protocols.tls import client_context, connect
+from ..protocols.worker import Worker
+from .common import CertFolder, client_aggregation, model_dir_for, n_stages_for, parse_control
+from .roster import stage_dir
+
+__all__ = ["FederationClient", "load_client_data"]
+
+
+def load_client_data(data: str | Path, n_stages: int, processor) -> tuple[dict[int, list], dict[int, list[str]]]:
+    """Encoded samples and instructions per stage from ``<data>/stage-NN/train.json`` (absent: no data)."""
+    from ..fcit.evaluate import encode_train_records
+
+    root = Path(data)
+    if not root.is_dir():
+        raise ConfigError(f"client data folder {root} does not exist")
+    samples: dict[int, list] = {}
+    instructions: dict[int, list[str]] = {}
+    for stage in range(n_stages):
+        path = stage_dir(root, stage) / "train.json"
+        if not path.is_file():
+            continue
+        records = load_train(path)
+        samples[stage] = encode_train_records(processor, records, desc=f"stage {stage}")
+        instructions[stage] = [r.turns[0][0] for r in records]
+    if not samples:
+        raise ConfigError(f"client data folder {root} holds no stage-NN/train.json for the {n_stages} stages")
+    return samples, instructions
+
+
+def _snapshot_json(snap: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "client_id": snap["client_id"], "state": snap["state"],
+        "stage_key": snap["stage_key"], "round_key": snap["round_key"],
+        "tokens": np.asarray(snap["tokens"], np.float32).tolist(),
+        "active": list(snap["active"]),
+        "token": None if snap["token"] is None else np.asarray(snap["token"], np.float64).tolist(),
+        "n_samples": snap["n_samples"],
+        "slots": [[s, r, slot] for (s, r), slot in snap["slots"].items()],
+    }
+
+
+def _snapshot_from_json(raw: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "client_id": raw["client_id"], "state": raw["state"],
+        "stage_key": None if raw["stage_key"] is None else tuple(raw["stage_key"]),
+        "round_key": None if raw["round_key"] is None else tuple(raw["round_key"]),
+        "tokens": np.asarray(raw["tokens"], np.float32).reshape(len(raw["tokens"]), -1)
+        if raw["tokens"] else np.zeros((0, 1), np.float32),
+        "active": tuple(raw["active"]),
+        "token": None if raw["token"] is None else np.asarray(raw["token"], np.float64),
+        "n_samples": int(raw["n_samples"]),
+        "slots": {(int(s), int(r)): int(slot) for s, r, slot in raw["slots"]},
+    }
+
+
+class FederationClient:
+    """See the module docstring."""
+
+    def __init__(self, config: Config, client_id: str, data: str | Path, state_dir: str | Path, *,
+                 certs: str | None = None, log: Callable[[str], None] | None = None,
+                 noise_prg: Callable[[str, int, int], Any] | None = None) -> None:
+        from ..dp.client import planned_rounds
+        from ..fcit.simulate import build_learner, build_slots, slot_layout
+        from ..model.encoder import load_encoder
+        from ..model.loading import load_llava
+
+        self.config = config
+        self.client_id = client_id
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.certs = CertFolder.from_config(config, certs)
+        self.federation_id = self.certs.federation_id
+        self._print = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        cert, key = self.certs.client(client_id)
+        if not cert.is_file() or not key.is_file():
+            raise ConfigError(f"no certificate for {client_id!r} in {self.certs.root} "
+                              f"(run `python -m secure_fcit certs issue --client {client_id}`)")
+        self._tls = client_context(self.certs.ca, cert, key)
+        n_stages = n_stages_for(config)
+        # Every peer's identity key, each certificate checked against the federation CA: the
+        # coordinator cannot substitute a key it controls.
+        directory = client_directory(self.certs.root, _roster_ids(self.certs.root))
+        if client_id not in directory:
+            raise ConfigError(f"{client_id!r} is not enrolled in {self.certs.root / 'clients'}")
+        aggregator = client_aggregation(config, client_id, load_private_key(key), directory,
+                                        decryption_log=self.state_dir / "decryptions.jsonl")
+        model_dir = model_dir_for(config)
+        model, processor = load_llava(model_dir)
+        slots = build_slots(model, slot_layout(config, n_stages))
+        encoder = load_encoder(config.fcit.encoder, model_dir)
+        samples, instructions = load_client_data(data, n_stages, processor)
+        self.learner = build_learner(config, client_id, slots, encoder, samples, instructions,
+                                     processor.tokenizer.pad_token_id, planned_rounds(config, n_stages),
+                                     self.state_dir / "privacy", noise_prg)
+        self.worker = Worker(self.federation_id, client_id, self.learner, aggregator,
+                             max_message_size=config.deploy.max_message_size)
+        self._snapshot_path = self.state_dir / "worker.json"
+        self._boundary = self.worker.snapshot()
+        if self._snapshot_path.is_file():
+            try:
+                self._boundary = _snapshot_from_json(json.loads(self._snapshot_path.read_text()))
+                self.worker.restore(self._boundary)
+            except (ValueError, KeyError, TypeError, LocalProtocolError) as exc:
+                raise ConfigError(f"{self._snapshot_path} is not a worker snapshot of {client_id!r}: {exc}") from None
+        self.rounds_trained = 0
+        self.refusals: list[str] = []
+
+    def log(self, line: str) -> None:
+        self._print(f"[{time.strftime('%H:%M:%S')}] {self.client_id}: {line}")
+
+    def _keep_boundary(self) -> None:
+        if self.worker.state in ("idle", "ready"):
+            snap = self.worker.snapshot()
+            atomic_write_json(self._snapshot_path, _snapshot_json(snap))
+            self._boundary = snap
+
+    def _rewind(self) -> None:
+        """Back to the last boundary: the server dropped us from whatever phase was in flight."""
+        self.worker = Worker(self.federation_id, self.client_id, self.learner, self.worker.aggregator,
+                             max_message_size=self.config.deploy.max_message_size)
+        self.worker.restore(self._boundary)
+
+    async def run(self) -> int:
+        """Serve rounds until the server says the stream is finished; 0 then, 1 when it gave up."""
+        d = self.config.deploy
+        delay, started = 0.5, time.monotonic()
+        while True:
+            try:
+                conn = await connect(d.host, d.port, self._tls, federation_id=self.federation_id,
+                                     max_size=d.max_message_size, timeout=d.read_timeout)
+            except RemoteProtocolError as exc:
+                if d.give_up_after and time.monotonic() - started > d.give_up_after:
+                    self.log(f"giving up after {d.give_up_after:g} s: {exc}")
+                    return 1
+                if "refused:" in str(exc) and "finished" in str(exc):
+                    return 0
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, d.backoff_max)
+                continue
+            self.log(f"connected to {d.host}:{d.port}")
+            delay, started = 0.5, time.monotonic()
+            finished = await self._session(conn)
+            await conn.close()
+            if finished:
+                self.log(f"the stream is finished: {self.rounds_trained} rounds trained this run, "
+                         f"{len(self.refusals)} refused")
+                return 0
+            self._rewind()
+
+    async def _session(self, conn) -> bool:
+        from ..protocols.tls import read_frame
+
+        d = self.config.deploy
+        while True:
+            try:
+                data = await read_frame(conn.reader, d.max_message_size, d.read_timeout, idle=None)
+            except RemoteProtocolError as exc:
+                self.log(f"connection lost ({exc}); reconnecting")
+                return False
+            control = parse_control(data)
+            if control is not None:
+                return control.get("bye") == "finished"
+            try:
+                replies = await asyncio.to_thread(self.worker.receive_bytes, data)
+            except ProtocolError as exc:
+                self.log(f"refused a coordinator message and left the phase: {exc}")
+                return False
+            for reply in replies:
+                kind = type(reply).__name__
+                if kind == "Refusal":
+                    self.refusals.append(reply.reason)
+                    self.log(f"refused stage {reply.stage + 1} round {reply.round + 1}: {reply.reason}")
+                elif kind == "UpdateUpload":
+                    self.rounds_trained += 1
+                try:
+                    await conn.send(encode(reply))
+                except (ConnectionError, OSError) as exc:
+                    self.log(f"connection lost while sending ({exc}); reconnecting")
+                    return False
+            self._keep_boundary()
+
+
+def _roster_ids(certs_root: Path) -> list[str]:
+    return sorted(p.stem for p in (certs_root / "clients").glob("*.pem"))
