@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from secure_fcit.config import load_config
-from secure_fcit.crypto.certs import init_federation, issue_client
-from secure_fcit.deploy.roster import prepare_federation
+from secure_fcit.deploy.roster import enrol, prepare_federation
 from secure_fcit.fcit.simulate import run_simulation
 
 
@@ -56,18 +55,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="secure-fcit-overhead-") as tmp:
         root = Path(tmp)
         prepare_federation(tls_cfg, root / "fed", progress=False)
-        init_federation(root / "fed" / "certs", "secure-fcit-bench", ["127.0.0.1"])
         clients = [f"client-{i:03d}" for i in range(args.clients)]
-        for c in clients:
-            issue_client(root / "fed" / "certs", c)
+        certs = enrol(root / "fed", "secure-fcit-bench", ["127.0.0.1"], clients)
         port = _free_port()
-        common = ["--config", args.config, "--certs", str(root / "fed" / "certs"), "--port", str(port), *set_args]
+        common = ["--config", args.config, "--port", str(port), *set_args]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         t0 = time.perf_counter()
-        server = subprocess.Popen([sys.executable, "-m", "secure_fcit.server", *common, "--roster",
+        server = subprocess.Popen([sys.executable, "-m", "secure_fcit.server", *common, "--certs", str(certs["server"]),
+                                   "--roster",
                                    str(root / "fed"), "--state", str(root / "server"), "--no-progress"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=(root / "server.log").open("wb"))
-        procs = [subprocess.Popen([sys.executable, "-m", "secure_fcit.client", *common, "--id", c, "--data",
+        procs = [subprocess.Popen([sys.executable, "-m", "secure_fcit.client", *common, "--certs", str(certs[c]),
+                                   "--id", c, "--data",
                                    str(root / "fed" / "clients" / c), "--state", str(root / c)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in clients]
         if server.wait(3600) != 0:

@@ -42,6 +42,8 @@ def main() -> int:
     ap.add_argument("--configs", default="configs", help="directory of <setting>.toml")
     ap.add_argument("--out", default="benchmarks/results/fcit")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--existing", action="store_true",
+                    help="tabulate the runs already under --out and run nothing (missing runs are listed)")
     args = ap.parse_args()
     out = Path(args.out)
     rows = []
@@ -51,6 +53,9 @@ def main() -> int:
             for strategy in args.strategies:
                 for seed in args.seeds:
                     run = _run_dir(out, setting, beta, strategy, seed)
+                    if args.existing and not (run / "metrics.json").is_file():
+                        print(f"not run yet: {run}", file=sys.stderr)
+                        continue
                     if not (run / "metrics.json").is_file():
                         cfg = load_config(Path(args.configs) / f"{setting}.toml",
                                           {**rounds, "fcit.strategy": strategy, "scenario.beta": beta, "seed": seed})

@@ -172,8 +172,7 @@ def _cmd_certs_issue(args: argparse.Namespace) -> int:
 
 def _cmd_deploy_prepare(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .crypto.certs import init_federation, issue_client
-    from .deploy.roster import prepare_federation
+    from .deploy.roster import enrol, prepare_federation
 
     cfg = load_config(args.config)
     out = Path(args.out)
@@ -181,12 +180,10 @@ def _cmd_deploy_prepare(args: argparse.Namespace) -> int:
     print(f"roster: {out / 'roster.json'} ({roster.n_stages} stages, {len(roster.clients)} clients)")
     print(f"client data: {out / 'clients'}/<id>/stage-NN/train.json ({len(folders)} clients hold data)")
     if not args.no_certs:
-        certs = out / "certs"
-        init_federation(certs, args.federation, args.server_name or [cfg.deploy.host])
-        for client in roster.clients:
-            issue_client(certs, client)
-        print(f"certificates: {certs} (CA, server, {len(roster.clients)} clients; keys 0600); "
-              f"set deploy.certs = \"{certs}\"")
+        folders = enrol(out, args.federation, args.server_name or [cfg.deploy.host], list(roster.clients))
+        print(f"certificates: CA and operator copies in {out / 'pki'} (keep ca.key offline); server bundle "
+              f"{folders['server']}; each site's bundle (only its own key) in {out / 'clients'}/<id>/certs")
+        print(f"server: --certs {folders['server']}; client <id>: --certs {out / 'clients'}/<id>/certs")
     return 0
 
 

@@ -25,7 +25,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ..errors import ConfigError
 from ..protocols.messages import check_id
 
-__all__ = ["CertPaths", "init_federation", "issue_client", "load_private_key", "subject_id", "client_directory"]
+__all__ = [
+    "CertPaths", "init_federation", "issue_client", "load_private_key", "subject_id", "client_directory",
+    "write_bundles", "refuse_foreign_keys",
+]
 
 _VALIDITY_DAYS = 825
 
@@ -193,3 +196,52 @@ def client_directory(directory: str | Path, client_ids: list[str]) -> dict[str, 
             raise ConfigError(f"{path} does not hold an Ed25519 key")
         keys[client] = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return keys
+
+
+def _copy(src: Path, dst: Path, secret: bool) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_existing(dst)
+    if secret:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(src.read_bytes())
+    else:
+        dst.write_bytes(src.read_bytes())
+
+
+def write_bundles(pki: str | Path, server_out: str | Path, site_outs: dict[str, Path]) -> None:
+    """Split the operator's ``pki`` folder into what each party may hold.
+
+    The server gets ``ca.pem``, its own certificate and key and every client's certificate; site
+    ``c`` gets ``ca.pem``, every client's certificate and only its own key. ``ca.key`` stays in
+    ``pki`` (keep it offline): whoever holds it, or a client's key, can act as that client.
+    """
+    pki = Path(pki)
+    certs = sorted((pki / "clients").glob("*.pem"))
+    server_out = Path(server_out)
+    for name in ("ca.pem", "server.pem"):
+        _copy(pki / name, server_out / name, secret=False)
+    _copy(pki / "server.key", server_out / "server.key", secret=True)
+    for cert in certs:
+        _copy(cert, server_out / "clients" / cert.name, secret=False)
+    for client, out in site_outs.items():
+        out = Path(out)
+        _copy(pki / "ca.pem", out / "ca.pem", secret=False)
+        for cert in certs:
+            _copy(cert, out / "clients" / cert.name, secret=False)
+        _copy(pki / "clients" / f"{client}.key", out / "clients" / f"{client}.key", secret=True)
+
+
+def refuse_foreign_keys(directory: str | Path, own: str | None) -> None:
+    """Refuse a certificate folder that holds private keys its user must not have: the CA key,
+    or (for the server, ``own`` None) any client key, or (for client ``own``) another client's."""
+    root = Path(directory)
+    foreign = [p for p in [root / "ca.key", *sorted((root / "clients").glob("*.key"))]
+               if p.exists() and p.name != f"{own}.key"]
+    if foreign:
+        who = "the coordinator" if own is None else f"client {own!r}"
+        raise ConfigError(
+            f"{root} holds private keys {who} must not have ({', '.join(p.name for p in foreign[:4])}): with them it "
+            "could act as other clients. Give it its own bundle from `python -m secure_fcit deploy prepare` "
+            "(FED/server-certs, FED/clients/<id>/certs) and keep ca.key offline"
+        )

@@ -70,6 +70,7 @@ def _snapshot_json(snap: dict[str, Any]) -> dict[str, Any]:
         "token": None if snap["token"] is None else np.asarray(snap["token"], np.float64).tolist(),
         "n_samples": snap["n_samples"],
         "slots": [[s, r, slot] for (s, r), slot in snap["slots"].items()],
+        "started": None if snap.get("started") is None else list(snap["started"]),
     }
 
 
@@ -84,6 +85,7 @@ def _snapshot_from_json(raw: dict[str, Any]) -> dict[str, Any]:
         "token": None if raw["token"] is None else np.asarray(raw["token"], np.float64),
         "n_samples": int(raw["n_samples"]),
         "slots": {(int(s), int(r)): int(slot) for s, r, slot in raw["slots"]},
+        "started": None if raw.get("started") is None else tuple(raw["started"]),
     }
 
 
@@ -102,7 +104,7 @@ class FederationClient:
         self.client_id = client_id
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.certs = CertFolder.from_config(config, certs)
+        self.certs = CertFolder.from_config(config, certs, holder=client_id)
         self.federation_id = self.certs.federation_id
         self._print = log or (lambda m: print(m, file=sys.stderr, flush=True))
         cert, key = self.certs.client(client_id)
@@ -136,6 +138,9 @@ class FederationClient:
                 self.worker.restore(self._boundary)
             except (ValueError, KeyError, TypeError, LocalProtocolError) as exc:
                 raise ConfigError(f"{self._snapshot_path} is not a worker snapshot of {client_id!r}: {exc}") from None
+        self._started_path = self.state_dir / "started.json"
+        if self._started_path.is_file():
+            self.worker.mark_started(tuple(json.loads(self._started_path.read_text())["started"]))
         self.rounds_trained = 0
         self.refusals: list[str] = []
 
@@ -153,6 +158,8 @@ class FederationClient:
         self.worker = Worker(self.federation_id, self.client_id, self.learner, self.worker.aggregator,
                              max_message_size=self.config.deploy.max_message_size)
         self.worker.restore(self._boundary)
+        if self._started_path.is_file():
+            self.worker.mark_started(tuple(json.loads(self._started_path.read_text())["started"]))
 
     async def run(self) -> int:
         """Serve rounds until the server says the stream is finished; 0 then, 1 when it gave up."""
@@ -163,11 +170,16 @@ class FederationClient:
                 conn = await connect(d.host, d.port, self._tls, federation_id=self.federation_id,
                                      max_size=d.max_message_size, timeout=d.read_timeout)
             except RemoteProtocolError as exc:
+                reason = str(exc)
+                if "the server refused:" in reason or "CERTIFICATE_VERIFY_FAILED" in reason:
+                    # a version or federation mismatch, not enrolled, a server of another CA:
+                    # retrying cannot help, so say why and stop
+                    self.log(f"cannot join: {reason}")
+                    return 2
                 if d.give_up_after and time.monotonic() - started > d.give_up_after:
-                    self.log(f"giving up after {d.give_up_after:g} s: {exc}")
+                    self.log(f"giving up after {d.give_up_after:g} s: {reason}")
                     return 1
-                if "refused:" in str(exc) and "finished" in str(exc):
-                    return 0
+                self.log(f"server not reachable ({reason}); retrying in {delay:g} s")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, d.backoff_max)
                 continue
@@ -194,11 +206,14 @@ class FederationClient:
             control = parse_control(data)
             if control is not None:
                 return control.get("bye") == "finished"
+            started = self.worker.started
             try:
                 replies = await asyncio.to_thread(self.worker.receive_bytes, data)
             except ProtocolError as exc:
                 self.log(f"refused a coordinator message and left the phase: {exc}")
                 return False
+            if self.worker.started != started:  # on disk before anything of this sum leaves
+                atomic_write_json(self._started_path, {"started": list(self.worker.started)})
             for reply in replies:
                 kind = type(reply).__name__
                 if kind == "Refusal":

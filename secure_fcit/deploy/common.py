@@ -37,13 +37,18 @@ class CertFolder:
     root: Path
 
     @classmethod
-    def from_config(cls, config: Config, override: str | None = None) -> CertFolder:
+    def from_config(cls, config: Config, override: str | None = None, *, holder: str | None = None) -> CertFolder:
+        """``holder``: None for the server, else the client id; a folder with private keys the
+        holder must not have is refused (``certs.refuse_foreign_keys``)."""
         folder = override or config.deploy.certs
         if not folder:
             raise ConfigError("no certificate folder: set deploy.certs or pass --certs (see `certs init`)")
         root = Path(folder)
         if not (root / "ca.pem").is_file():
             raise ConfigError(f"{root / 'ca.pem'} does not exist (run `python -m secure_fcit certs init --out {root}`)")
+        from ..crypto.certs import refuse_foreign_keys
+
+        refuse_foreign_keys(root, holder)
         return cls(root)
 
     @property

@@ -31,9 +31,8 @@ def _free_port(host: str) -> int:
 
 def run_demo(config_path: str | Path, config: Config, out: Path, *, progress: bool = True,
              sets: list[str] | None = None, timeout: float = 3600.0) -> int:
-    from ..crypto.certs import init_federation, issue_client
     from ..dp.report import audit, write_report
-    from .roster import prepare_federation
+    from .roster import enrol, prepare_federation
 
     if not config.dp.enabled:
         raise ConfigError("the demo runs with DP-SGD: set dp.enabled = true in its config")
@@ -44,24 +43,22 @@ def run_demo(config_path: str | Path, config: Config, out: Path, *, progress: bo
     print(f"preparing {fed}: roster, client data, certificates (the embedded model is built once if missing)",
           flush=True)
     roster, _ = prepare_federation(config, fed, progress=progress)
-    certs = fed / "certs"
-    init_federation(certs, "secure-fcit-demo", [config.deploy.host])
-    for client in roster.clients:
-        issue_client(certs, client)
+    certs = enrol(fed, "secure-fcit-demo", [config.deploy.host], list(roster.clients))
     port = _free_port(config.deploy.host)
-    common = ["--config", str(config_path), "--certs", str(certs), "--port", str(port),
+    common = ["--config", str(config_path), "--port", str(port),
               *(arg for item in sets or () for arg in ("--set", item))]
     logs = out / "logs"
     logs.mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     server = subprocess.Popen(
-        [sys.executable, "-m", "secure_fcit.server", *common, "--roster", str(fed), "--state", str(out / "server"),
+        [sys.executable, "-m", "secure_fcit.server", *common, "--certs", str(certs["server"]), "--roster", str(fed),
+         "--state", str(out / "server"),
          "--eval", *([] if progress else ["--no-progress"])], env=env)
     clients = []
     for client in roster.clients:
         log = (logs / f"{client}.log").open("wb")
         clients.append(subprocess.Popen(
-            [sys.executable, "-m", "secure_fcit.client", *common, "--id", client,
+            [sys.executable, "-m", "secure_fcit.client", *common, "--certs", str(certs[client]), "--id", client,
              "--data", str(fed / "clients" / client), "--state", str(out / "sites" / client)],
             env=env, stdout=log, stderr=subprocess.STDOUT))
     print(f"started the server and {len(clients)} client processes on {config.deploy.host}:{port} "

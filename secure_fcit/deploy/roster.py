@@ -7,6 +7,10 @@ benchmark exactly as the simulation does and writes:
   its client groups; the server draws cohorts from it as the simulation does. It names no sample.
 - ``DIR/clients/<id>/stage-NN/train.json`` (+ ``images/``): each client's own LLaVA-JSON data per
   stage, the only place its samples live. A real site writes the same layout from its own data.
+
+``enrol`` (``deploy prepare`` without ``--no-certs``) adds the certificates: ``DIR/pki`` is the
+operator's (the CA key: keep it offline), ``DIR/server-certs`` the server's bundle and
+``DIR/clients/<id>/certs`` each site's, with only its own private key.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from ..data.schedule import Scenario, Stage
 from ..errors import ConfigError
 from ..protocols.interfaces import ScenarioSchedule
 
-__all__ = ["Roster", "prepare_federation", "load_roster", "stage_dir", "ROSTER_FILE"]
+__all__ = ["Roster", "prepare_federation", "load_roster", "stage_dir", "ROSTER_FILE", "enrol"]
 
 ROSTER_FILE = "roster.json"
 _VERSION = 1
@@ -165,3 +169,18 @@ def replace_stages(scenario: Scenario) -> Scenario:
     from dataclasses import replace
 
     return replace(scenario, stages=tuple(replace(s, client_data={c: () for c in s.clients}) for s in scenario.stages))
+
+
+def enrol(out: str | Path, federation: str, server_names: list[str], clients: list[str],
+          extra: tuple[str, ...] = ()) -> dict[str, Path]:
+    """The federation's certificates under ``out`` (see module docstring); ``extra`` clients get a
+    certificate in ``pki`` but no site bundle. Returns the server's and each site's folder."""
+    from ..crypto.certs import init_federation, issue_client, write_bundles
+
+    out = Path(out)
+    init_federation(out / "pki", federation, server_names)
+    for client in [*clients, *extra]:
+        issue_client(out / "pki", client)
+    sites = {c: out / "clients" / c / "certs" for c in clients}
+    write_bundles(out / "pki", out / "server-certs", sites)
+    return {"server": out / "server-certs", **sites}

@@ -121,7 +121,7 @@ class FederationServer:
         self._changed: asyncio.Event = None  # type: ignore[assignment]  # made in run(), on its loop
         self._bar = None
         self._evaluator = None
-        self.cut_off: list[dict[str, str]] = []  # connections closed for a fault: who and why
+        self.cut_off: dict[str, dict[str, Any]] = {}  # connections closed for a fault, per peer
 
     # ------------------------------------------------------------------ logging and state
     def log(self, line: str) -> None:
@@ -152,11 +152,11 @@ class FederationServer:
         self._logged = len(events)
 
     def _checkpoint(self) -> None:
-        self._checkpointed = (self.coordinator.state, self.coordinator.position)
         save_checkpoint(self.state_dir / "checkpoints", {
             "coordinator": self.coordinator.snapshot(),
             "server": {"matrix": self.matrix, "task_scores": self.task_scores, "round_seconds": self.round_seconds},
         })
+        self._checkpointed = (self.coordinator.state, self.coordinator.position)
 
     # ------------------------------------------------------------------ transport
     def _dispatch(self, outgoing: list) -> None:
@@ -178,12 +178,19 @@ class FederationServer:
         self._changed.set()
 
     def _cut_off(self, identity: str, reason: str) -> None:
-        self.cut_off.append({"peer": identity, "reason": reason})
+        self._note_cut_off(identity, reason)
         self.log(f"cut off {identity}: {reason[:200]}")
         peer = self._peers.pop(identity, None)
         if peer is not None:
             peer.queue.put_nowait(None)
         self._dispatch(self.coordinator.peer_lost(identity))
+
+    def _note_cut_off(self, identity: str, reason: str) -> None:
+        """Counted per peer; the first reasons are kept (events.jsonl and the log have them all)."""
+        entry = self.cut_off.setdefault(identity, {"count": 0, "first_reasons": []})
+        entry["count"] += 1
+        if len(entry["first_reasons"]) < 5:
+            entry["first_reasons"].append(reason[:300])
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         d = self.deploy
@@ -191,7 +198,7 @@ class FederationServer:
             conn = await accept(reader, writer, federation_id=self.federation_id, allowed=None,
                                 max_size=d.max_message_size, timeout=d.read_timeout)
         except RemoteProtocolError as exc:
-            self.cut_off.append({"peer": "<handshake>", "reason": str(exc)})
+            self._note_cut_off("<handshake>", str(exc))
             self.log(f"refused a connection: {exc}")
             writer.close()
             return

@@ -93,6 +93,7 @@ class Coordinator:
         self.events: list[dict[str, Any]] = []
         self._state = S.BEFORE_STAGE
         self._stage = self._round = self._attempt = 0
+        self._failures = 0  # aborted tries of the coordinator's current phase (max_retries counts these)
         self._members: tuple[str, ...] = ()
         self._active: tuple[int, ...] = ()
         self._reset_phase()
@@ -164,14 +165,14 @@ class Coordinator:
         return []
 
     def sync(self, peer: str) -> list[Outgoing]:
-        """A ``StageSync`` for a stage member that (re)connected: only at a boundary, where no
-        phase is in flight (a peer that joins mid-phase is synced at the next boundary)."""
+        """A ``StageSync`` for a peer that (re)connected: only at a boundary, where no phase is in
+        flight (a peer that joins mid-phase is synced at the next boundary)."""
         if self._state not in (S.BEFORE_STAGE, S.BEFORE_ROUND) or self._stage >= self.schedule.n_stages:
             return []
-        planned = self._state == S.BEFORE_ROUND
-        members = self._members if planned else self.schedule.members(self._stage)
-        if peer not in members:
-            return []
+        if not any(peer in self.schedule.members(s) for s in range(self.schedule.n_stages)):
+            return []  # not a worker of this stream
+        # A member of the planned stage joins it; anyone else waits idle for its next StageStart.
+        planned = self._state == S.BEFORE_ROUND and peer in self._members
         org = self.organizer
         tokens = np.asarray(org.tokens, dtype=np.float32).reshape(-1, org.dim)
         message = StageSync(
@@ -212,6 +213,7 @@ class Coordinator:
             "stage": self._stage,
             "round": self._round,
             "attempt": self._attempt,
+            "failures": self._failures,
             "members": list(self._members),
             "active": list(self._active),
             "rng": copy.deepcopy(self._rng.bit_generator.state),
@@ -220,7 +222,10 @@ class Coordinator:
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
-        """Continue from ``snapshot``: the next ``advance()`` starts the phase it stopped before."""
+        """Continue from ``snapshot``: the next ``advance()`` starts the phase it stopped before,
+        under the next attempt number. A worker may have begun that phase's secure sum before the
+        snapshot's process died; the new number names a new sum, so nothing signed or sealed for
+        the old one counts in it, and workers refuse to begin the old one twice."""
         if not self.at_boundary:
             raise LocalProtocolError("restore() needs a boundary state")
         expected = {"version", "federation_id", "state", "stage", "round", "attempt", "members", "active"}
@@ -241,7 +246,8 @@ class Coordinator:
         self._state = snapshot["state"]
         self._stage = check_int("stage", snapshot["stage"], 0)
         self._round = check_int("round", snapshot["round"], 0)
-        self._attempt = check_int("attempt", snapshot["attempt"], 0)
+        self._attempt = check_int("attempt", snapshot["attempt"], 0) + 1
+        self._failures = check_int("failures", snapshot.get("failures", 0), 0)
         self._members = tuple(snapshot["members"])
         self._active = tuple(int(s) for s in snapshot["active"])
         self.events = copy.deepcopy(snapshot["events"])
@@ -296,6 +302,7 @@ class Coordinator:
         self._log("stage-end", round=-1)
         self._transition("end-stage")
         self._stage, self._round, self._attempt, self._active = self._stage + 1, 0, 0, ()
+        self._failures = 0
         return [(m, end) for m in self._members]
 
     def _begin_phase(self, round_: int, cohort: tuple[str, ...], length: int) -> list[Outgoing]:
@@ -344,7 +351,7 @@ class Coordinator:
             dropped=dict(self._dropped),
         )
         self._transition("planned")
-        self._round = self._attempt = 0
+        self._round = self._attempt = self._failures = 0
         self._reset_phase()
         return [(m, message) for m in self._members]
 
@@ -361,7 +368,7 @@ class Coordinator:
         )
         recipients = self._cohort
         self._transition("applied")
-        self._round, self._attempt = self._round + 1, 0
+        self._round, self._attempt, self._failures = self._round + 1, 0, 0
         self._reset_phase()
         return [(c, message) for c in recipients]
 
@@ -375,8 +382,9 @@ class Coordinator:
             recipients = self._cohort
         self._log("aborted", reason=reason, dropped=dict(self._dropped))
         self._transition("aborted")
-        if self._attempt < self.max_retries:
-            self._attempt += 1
+        self._attempt += 1  # a new sum either way: a retry, or the next phase's first try
+        if self._failures < self.max_retries:
+            self._failures += 1
             self._log("retry")
         else:
             self._log("stage-skipped" if tokens else "round-skipped")
@@ -384,7 +392,7 @@ class Coordinator:
                 self._stage += 1
             else:
                 self._round += 1
-            self._attempt = 0
+            self._attempt = self._failures = 0
         self._reset_phase()
         return [(r, message) for r in recipients]
 

@@ -207,8 +207,20 @@ async def connect(
         raise RemoteProtocolError(f"no TLS connection to {host}:{port} within {timeout:g} s", stage=_STAGE) from None
     except (ConnectionError, ssl.SSLError, OSError) as exc:
         raise RemoteProtocolError(f"TLS connection to {host}:{port} failed: {exc}", stage=_STAGE) from None
-    await write_frame(writer, json.dumps({"hello": "secure-fcit", "version": VERSION, "federation_id": federation_id}).encode())
-    answer = json.loads(await read_frame(reader, _HELLO_MAX, timeout))
+    try:
+        await write_frame(
+            writer, json.dumps({"hello": "secure-fcit", "version": VERSION, "federation_id": federation_id}).encode()
+        )
+        answer = json.loads(await read_frame(reader, _HELLO_MAX, timeout))
+    except (ConnectionError, ssl.SSLError, OSError) as exc:
+        writer.close()
+        raise RemoteProtocolError(f"the server closed the connection during the hello: {exc}", stage=_STAGE) from None
+    except (UnicodeDecodeError, ValueError):
+        writer.close()
+        raise RemoteProtocolError("the server's answer to hello is not JSON", stage=_STAGE) from None
+    if not isinstance(answer, dict):
+        writer.close()
+        raise RemoteProtocolError("the server's answer to hello is malformed", stage=_STAGE)
     if "error" in answer:
         writer.close()
         raise RemoteProtocolError(f"the server refused: {answer['error']}", stage=_STAGE)

@@ -79,6 +79,10 @@ class Worker:
         self._token: np.ndarray | None = None
         self._n_samples = 0
         self.slots: dict[tuple[int, int], int] = {}  # (stage, round) -> slot trained
+        #: (stage, round, attempt) of the last secure sum this worker began (round -1: a token
+        #: phase). It never begins that sum or an earlier one again, even after ``restore`` of an
+        #: older snapshot: a client process keeps it on disk before its first upload of a sum.
+        self.started: tuple[int, int, int] | None = None
 
     @property
     def state(self) -> str:
@@ -118,6 +122,7 @@ class Worker:
                 "token": self._token,
                 "n_samples": self._n_samples,
                 "slots": self.slots,
+                "started": self.started,
             }
         )
 
@@ -128,6 +133,14 @@ class Worker:
         self._state, self._stage_key, self._round_key = snap["state"], snap["stage_key"], snap["round_key"]
         self._tokens, self._active, self._token = snap["tokens"], tuple(snap["active"]), snap["token"]
         self._n_samples, self.slots, self._error = snap["n_samples"], snap["slots"], None
+        self.mark_started(snap.get("started"))
+
+    def mark_started(self, key: tuple[int, int, int] | None) -> None:
+        """Never begin the sum ``key`` = (stage, round, attempt) or an earlier one (see ``started``)."""
+        if key is not None:
+            key = (int(key[0]), int(key[1]), int(key[2]))
+            if self.started is None or key > self.started:
+                self.started = key
 
     # ----------------------------------------------------------------- handling
     def _handle(self, message: Message) -> list[Message]:
@@ -148,6 +161,15 @@ class Worker:
                 f"unexpected {type(message).__name__} while {self._state!r}", stage=stage
             )
         self._check_binding(message, stage)
+        if isinstance(message, StageStart | RoundStart):
+            key = (message.stage, message.round, message.attempt)
+            if self.started is not None and key <= self.started:
+                raise RemoteProtocolError(
+                    f"{type(message).__name__} {key} would begin a secure sum again: this worker already "
+                    f"began {self.started}",
+                    stage=stage,
+                )
+            self.started = key
         if isinstance(message, StageStart):
             out = self._on_stage_start(message)
         elif isinstance(message, SlotPlan):

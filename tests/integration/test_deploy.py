@@ -29,8 +29,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
 from secure_fcit.config import load_config
-from secure_fcit.crypto.certs import issue_client
-from secure_fcit.deploy.roster import prepare_federation
+from secure_fcit.deploy.roster import enrol, prepare_federation
 from secure_fcit.dp.report import audit
 from secure_fcit.fcit.simulate import run_simulation
 from tests.integration.seeded_client import seeded_noise
@@ -107,12 +106,14 @@ class Federation:
         return subprocess.Popen([sys.executable, *args], cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT)
 
     def start_server(self) -> None:
-        self.server = self._spawn(["-m", "secure_fcit.server", "--config", str(self.config), "--roster",
+        self.server = self._spawn(["-m", "secure_fcit.server", "--config", str(self.config), "--certs",
+                                   str(self.fed / "server-certs"), "--roster",
                                    str(self.fed), "--state", str(self.root / "server"), "--no-progress"], "server.log")
 
     def start_client(self, client: str) -> None:
         self.clients[client] = self._spawn(
-            ["-m", "tests.integration.seeded_client", "--config", str(self.config), "--id", client, "--data",
+            ["-m", "tests.integration.seeded_client", "--config", str(self.config), "--certs",
+             str(self.fed / "clients" / client / "certs"), "--id", client, "--data",
              str(self.fed / "clients" / client), "--state", str(self.root / client)], f"{client}.log")
 
     def events(self) -> list[dict]:
@@ -157,14 +158,10 @@ def prepared(micro_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("federation")
     cache = tmp_path_factory.mktemp("deploy-cache")
     port = _free_port()
-    config_path = _toml(root / "federation.toml", micro_model_dir, cache, root / "fed" / "certs", port)
+    config_path = _toml(root / "federation.toml", micro_model_dir, cache, root / "fed" / "server-certs", port)
     config = load_config(config_path)
     prepare_federation(config, root / "fed", progress=False)
-    from secure_fcit.crypto.certs import init_federation
-
-    init_federation(root / "fed" / "certs", "secure-fcit", ["127.0.0.1"])
-    for client in [*CLIENTS, "mallory"]:
-        issue_client(root / "fed" / "certs", client)
+    enrol(root / "fed", "secure-fcit", ["127.0.0.1"], CLIENTS, extra=("mallory",))
     # The reference: the same stream in process, same seeded noise, one thread as the clients.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -183,7 +180,7 @@ def prepared(micro_model_dir, tmp_path_factory):
 def federation(prepared, tmp_path):
     def make(**toml) -> Federation:
         config = _toml(tmp_path / "federation.toml", prepared["model"], prepared["cache"],
-                       prepared["fed"] / "certs", _free_port(), **toml)
+                       prepared["fed"] / "server-certs", _free_port(), **toml)
         return Federation(tmp_path, config, prepared["fed"])
 
     made: list[Federation] = []
@@ -346,9 +343,9 @@ def _rss_kib(pid: int) -> int:
 
 def test_a_thousand_hostile_frames_while_five_clients_train(prepared, tmp_path):
     root, port = tmp_path, _free_port()
-    config = _toml(root / "federation.toml", prepared["model"], prepared["cache"], prepared["fed"] / "certs", port,
-                   rounds=8)
-    certs = prepared["fed"] / "certs"
+    config = _toml(root / "federation.toml", prepared["model"], prepared["cache"], prepared["fed"] / "server-certs",
+                   port, rounds=8)
+    certs = prepared["fed"] / "pki"
     fed = Federation(root, config, prepared["fed"])
     sent: list[bytes] = []
     try:

@@ -127,3 +127,22 @@ def test_bad_deploy_settings_are_refused_with_their_name():
     assert parse_sets(["deploy.port=9000", 'fcit.policy="allow"']) == {"deploy.port": 9000, "fcit.policy": "allow"}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_sets(["nonsense"])
+
+
+def test_each_party_gets_only_its_own_private_key_and_a_folder_with_others_is_refused(tmp_path):
+    from secure_fcit.deploy.common import CertFolder
+    from secure_fcit.deploy.roster import enrol
+
+    folders = enrol(tmp_path, "fed", ["127.0.0.1"], ["client-000", "client-001"], extra=("mallory",))
+    server, site = folders["server"], folders["client-000"]
+    assert {p.name for p in server.glob("**/*.key")} == {"server.key"}
+    assert {p.name for p in site.glob("**/*.key")} == {"client-000.key"}
+    assert (site / "clients" / "client-001.pem").is_file() and not (site / "ca.key").exists()
+    assert oct((site / "clients" / "client-000.key").stat().st_mode & 0o777) == "0o600"
+    cfg = config_from_dict({})
+    CertFolder.from_config(cfg, str(server))
+    CertFolder.from_config(cfg, str(site), holder="client-000")
+    with pytest.raises(ConfigError, match="must not have .*ca.key"):
+        CertFolder.from_config(cfg, str(tmp_path / "pki"))  # the operator's folder: every key
+    with pytest.raises(ConfigError, match="client-000.key"):
+        CertFolder.from_config(cfg, str(site), holder="client-001")

@@ -117,3 +117,45 @@ def applied_slot(coord, stage: int) -> int:
     plan = [e for e in coord.events if e["event"] == "planned" and e["stage"] == stage][-1]
     assert len(plan["active"]) == 1
     return plan["active"][0]
+
+
+def test_a_rewound_worker_never_begins_the_same_secure_sum_twice():
+    fed = build_federation([MEMBERS], cohort_size=5, rounds=2, aggregation="masking")
+    coord = fed.coordinator
+    _run_to_round(fed, 0, 0)  # stage planned; every worker ready
+    worker = next(w for w in fed.workers if w.client_id == client(1))
+    boundary = worker.snapshot()
+    out = coord.advance()  # RoundStart (0, 0, 0)
+    start = next(m for r, m in out if r == client(1))
+    worker.receive(start)
+    assert worker.started == (0, 0, 0)
+    rewound = Worker(FED, client(1), worker.learner, worker.aggregator)
+    rewound.restore(boundary)  # a process that lost its connection goes back to its boundary
+    rewound.mark_started(worker.started)  # ... and reads its started mark from disk
+    with pytest.raises(RemoteProtocolError, match="would begin a secure sum again"):
+        rewound.receive(start)
+
+
+def test_a_restored_coordinator_runs_its_next_phase_as_a_new_sum():
+    fed = build_federation([MEMBERS], cohort_size=5, rounds=2, aggregation="plaintext")
+    _run_to_round(fed, 0, 1)
+    snap = fed.coordinator.snapshot()
+    again = build_federation([MEMBERS], cohort_size=5, rounds=2, aggregation="plaintext")
+    again.coordinator.restore(snap)
+    assert again.coordinator.position == (0, 1, 1)
+
+
+def test_a_worker_outside_the_current_stage_is_set_idle_and_joins_its_next_stage():
+    first = {client(i): 0 for i in range(4)}  # client-04 has no data in stage 1
+    fed = build_federation([first, MEMBERS], cohort_size=4, rounds=1, aggregation="plaintext")
+    coord = fed.coordinator
+    _run_to_round(fed, 0, 0)
+    index = next(i for i, w in enumerate(fed.workers) if w.client_id == client(4))
+    fed.workers[index] = Worker(FED, client(4), fed.workers[index].learner, fed.workers[index].aggregator)
+    out = coord.sync(client(4))
+    assert len(out) == 1 and not out[0][1].planned
+    pump(fed, out)
+    while coord.position[0] < 1 or coord.state != BEFORE_ROUND:
+        pump(fed, coord.advance())
+    planned = [e for e in coord.events if e["event"] == "planned"][-1]
+    assert client(4) in planned["contributors"]
