@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the main job on the embedded default model")
-    demo.add_argument("--config", help="TOML config (default: built-in defaults)")
+    demo.add_argument("--config", help="TOML config, e.g. configs/demo.toml (needed unless --in-process, "
+                      "which otherwise uses the built-in defaults)")
     demo.add_argument("--seed", type=int, help="override the config's seed")
     demo.add_argument("--out", help="output directory (default: a new runs/demo-<date>-<time>)")
     demo.add_argument("--clients", type=int, help="number of client processes (overrides scenario.n_clients)")

@@ -1,10 +1,10 @@
 """``python -m secure_fcit.client``: one site of the federation over mutual TLS 1.3.
 
     python -m secure_fcit.client --config FILE --id client-003 --data FED/clients/client-003 \\
-        --state FED/client-003
+        --certs FED/clients/client-003/certs --state SITE/client-003
 
 The client holds its own data (``<data>/stage-NN/train.json`` in LLaVA JSON, images beside it),
-its certificate key (``deploy.certs``/clients/<id>.key, mode 0600), and under ``--state`` its DP
+its certificate key (``<certs>/clients/<id>.key``, mode 0600), and under ``--state`` its DP
 spend journal and accountant and its round machine between phases. It connects with backoff,
 rejoins after a disconnect, answers the coordinator's rounds, refuses rounds over its privacy
 budget (and says so here and to the server), and exits when the server says the stream is over.
@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", required=True, help="this client's id: the common name of its certificate")
     p.add_argument("--data", required=True, help="this client's data folder (stage-NN/train.json)")
     p.add_argument("--state", required=True, help="this client's state folder (spend journal, round machine)")
-    p.add_argument("--certs", help="certificate folder (default: deploy.certs)")
+    p.add_argument("--certs", help="this site's certificate bundle, FED/clients/<id>/certs of `deploy prepare` "
+                   "(default: deploy.certs); a folder holding the CA key or another client's key is refused")
     p.add_argument("--host", help="server address (default: deploy.host)")
     p.add_argument("--port", type=int, help="server port (default: deploy.port)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -1,6 +1,6 @@
 """``python -m secure_fcit.server``: the federation's coordinator over mutual TLS 1.3.
 
-    python -m secure_fcit.server --config FILE --roster FED/roster.json --state FED/server [--eval]
+    python -m secure_fcit.server --config FILE --roster FED --certs FED/server-certs --state FED/server [--eval]
 
 It waits for the roster's clients (``deploy.min_clients``, ``deploy.join_timeout``), runs the
 configured FCIT stream (stages, sampled cohorts, DKO, secure aggregation), logs a line per protocol
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="roster.json of `python -m secure_fcit deploy prepare` (or its folder): who joins which stage")
     p.add_argument("--state", required=True,
                    help="server state folder: checkpoints, events.jsonl, results; an existing one is resumed")
-    p.add_argument("--certs", help="certificate folder (default: deploy.certs)")
+    p.add_argument("--certs", help="the server's certificate bundle, FED/server-certs of `deploy prepare` "
+                   "(default: deploy.certs); a folder holding the CA key or client keys is refused")
     p.add_argument("--host", help="listen address (default: deploy.host)")
     p.add_argument("--port", type=int, help="listen port (default: deploy.port)")
     p.add_argument("--eval", action="store_true",
