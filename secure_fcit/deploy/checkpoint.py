@@ -58,17 +58,9 @@ def from_plain(tree: Any, arrays: dict[str, np.ndarray]) -> Any:
     return tree
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(directory: str | Path, tree: dict[str, Any]) -> Path:
     """Write ``tree`` as the next checkpoint in ``directory``; returns its JSON path."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -78,9 +70,12 @@ def save_checkpoint(directory: str | Path, tree: dict[str, Any]) -> Path:
     arrays: dict[str, np.ndarray] = {}
     plain = to_plain(tree, arrays)
     array_path = directory / f"{stem}.safetensors"
-    save_file(arrays or {"_": np.zeros(0, np.uint8)}, str(array_path))
-    _fsync(array_path)
-    digest = hashlib.sha256(array_path.read_bytes()).hexdigest()
+    data = save(arrays or {"_": np.zeros(0, np.uint8)})
+    with open(array_path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    digest = hashlib.sha256(data).hexdigest()
     json_path = directory / f"{stem}.json"
     atomic_write_json(json_path, {"seq": seq, "arrays": array_path.name, "sha256": digest, "tree": plain})
     atomic_write_json(directory / _LATEST, {"seq": seq, "json": json_path.name})

@@ -155,11 +155,11 @@ class FederationClient:
 
     def _rewind(self) -> None:
         """Back to the last boundary: the server dropped us from whatever phase was in flight."""
+        started = self.worker.started  # in memory what started.json holds: never begin a sum twice
         self.worker = Worker(self.federation_id, self.client_id, self.learner, self.worker.aggregator,
                              max_message_size=self.config.deploy.max_message_size)
         self.worker.restore(self._boundary)
-        if self._started_path.is_file():
-            self.worker.mark_started(tuple(json.loads(self._started_path.read_text())["started"]))
+        self.worker.mark_started(started)
 
     async def run(self) -> int:
         """Serve rounds until the server says the stream is finished; 0 then, 1 when it gave up."""

@@ -132,6 +132,7 @@ def client_aggregation(config: Config, client_id: str, signing_key: Any, directo
 
         return MaskingClient(identity, directory, config.privacy.masking())
     from ..protocols.ckks import CKKSClient, load_secret
+    from ..protocols.factory import decryption_logger
 
     secret_path, _ = _ckks_files(config)
     if not secret_path.is_file():
@@ -139,13 +140,8 @@ def client_aggregation(config: Config, client_id: str, signing_key: Any, directo
     secret = secret_path.read_bytes()
     load_secret(secret, secret_path)
 
-    def log(record: dict) -> None:
-        if decryption_log is not None:
-            decryption_log.parent.mkdir(parents=True, exist_ok=True)
-            with decryption_log.open("a") as f:
-                f.write(json.dumps({"decryptor": client_id, **record}) + "\n")
-
-    return CKKSClient(identity, directory, secret, config.privacy.ckks(), decryption_log=log)
+    return CKKSClient(identity, directory, secret, config.privacy.ckks(),
+                      decryption_log=decryption_logger(decryption_log, client_id))
 
 
 def control_frame(payload: dict[str, Any]) -> bytes:

@@ -31,7 +31,7 @@ from secure_fcit.protocols.ckks import (
 )
 from secure_fcit.protocols.secagg import MaskingAggregator, MaskingClient, make_identities
 
-__all__ = ["Aggregation", "build_aggregation"]
+__all__ = ["Aggregation", "build_aggregation", "decryption_logger"]
 
 
 @dataclass
@@ -85,19 +85,21 @@ def build_aggregation(
         keys = create_keys()
         secret, public = keys.secret, keys.public
 
-    def logger(client: str) -> Callable[[dict], None] | None:
-        if decryption_log is None:
-            return None
-
-        def write(record: dict) -> None:
-            decryption_log.parent.mkdir(parents=True, exist_ok=True)
-            with decryption_log.open("a") as f:
-                f.write(json.dumps({"decryptor": client, **record}) + "\n")
-
-        return write
-
     return Aggregation(
         kind,
         functools.partial(CKKSAggregator, directory, public, params, min_contributors),
-        {c: CKKSClient(identities[c], directory, secret, params, decryption_log=logger(c)) for c in client_ids},
+        {c: CKKSClient(identities[c], directory, secret, params, decryption_log=decryption_logger(decryption_log, c)) for c in client_ids},
     )
+
+
+def decryption_logger(path: Path | None, client: str) -> Callable[[dict], None] | None:
+    """Appends each of ``client``'s CKKS decryptions to ``path`` as a JSON line (None: no log)."""
+    if path is None:
+        return None
+
+    def write(record: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps({"decryptor": client, **record}) + "\n")
+
+    return write
