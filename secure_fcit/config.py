@@ -180,6 +180,9 @@ class FCITConfig:
     n_buckets: int = 16
     #: An unmatched token bucket opens a new slot only with this many samples behind it.
     min_open_samples: int = 10
+    #: ... and at least this share of the stage's token-phase samples (0 disables; see
+    #: ``fcit.dko.DKOConfig.min_open_share``).
+    min_open_share: float = 0.0
     ssa_temperature: float = 0.05
     #: "embedded" (the LLaVA checkpoint's own embeddings) or a local HF text-encoder directory.
     encoder: str = "embedded"
@@ -215,7 +218,7 @@ class FCITConfig:
         try:
             return DKOConfig(tau=self.tau, max_slots=self.max_slots, k_min=self.k_min,
                              policy=self.release_policy(aggregation), n_buckets=self.n_buckets,
-                             min_open_samples=self.min_open_samples)
+                             min_open_samples=self.min_open_samples, min_open_share=self.min_open_share)
         except ConfigError as exc:
             raise ConfigError(f"fcit: {exc}") from None
 

@@ -7,7 +7,8 @@ Token phase: the sum of the workers' SimHash bucket vectors (layout in ``protoco
 per bucket, sum(n_k * mu_k), sum(n_k) and the client count; their ratio is the bucket mean. A
 bucket mean whose cosine with an existing global token is >= tau updates that slot's token as the
 sample-weighted running mean; unmatched bucket means that match each other merge into one new slot
-(if at least ``min_open_samples`` samples stand behind it).
+(if at least ``min_open_samples`` samples, and at least ``min_open_share`` of the samples behind the
+stage's usable buckets, stand behind it; the clients of a smaller group train their nearest slot).
 The stage's active slots are those matched or opened.
 
 Rounds: per active slot, sum(n_k * delta_k) / sum(n_k) is added to the slot's weights (FedAvg on
@@ -58,6 +59,12 @@ class DKOConfig:
     #: token from a handful of instructions is too noisy to found a task (its clients still train
     #: the nearest active slot). 1 opens a slot for any unmatched bucket.
     min_open_samples: int = 1
+    #: ... and at least this share of the samples behind the stage's usable buckets. A client
+    #: token is the mean of a few instructions, so a handful of clients of a task already present
+    #: can land below tau from the rest of their task; without a share floor their small group
+    #: founds a duplicate slot. A new task held by fewer than this share of the stage's samples is
+    #: folded into the nearest slot instead. 0 disables the floor.
+    min_open_share: float = 0.0
 
     def __post_init__(self) -> None:
         tau = self.tau
@@ -71,6 +78,9 @@ class DKOConfig:
         _int_at_least("max_slots", self.max_slots, 1)
         _int_at_least("k_min", self.k_min, 1)
         _int_at_least("min_open_samples", self.min_open_samples, 1)
+        share = self.min_open_share
+        if isinstance(share, bool) or not isinstance(share, numbers.Real) or not 0 <= share < 1:
+            raise ConfigError(f"min_open_share must be a number in [0, 1), got {share!r}")
         if self.policy not in POLICIES:
             raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         n = _int_at_least("n_buckets", self.n_buckets, 2)
@@ -198,8 +208,9 @@ class DKOOrganizer:
                 clusters[int(np.argmax(scores))].append(b)
             else:
                 clusters.append([b])
-        undersized = [b for c in clusters if samples[c].sum() < self.config.min_open_samples for b in c]
-        clusters = [c for c in clusters if samples[c].sum() >= self.config.min_open_samples]
+        floor = max(float(self.config.min_open_samples), self.config.min_open_share * float(samples[usable].sum()))
+        undersized = [b for c in clusters if samples[c].sum() < floor for b in c]
+        clusters = [c for c in clusters if samples[c].sum() >= floor]
         if self.n_slots + len(clusters) > self.config.max_slots:
             raise LocalProtocolError(
                 f"stage {stage} needs {self.n_slots + len(clusters)} slots, more than max_slots="

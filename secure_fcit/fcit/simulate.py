@@ -270,7 +270,7 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
     for e in history.of("planned"):
         if not e["active"]:
             log(f"WARNING: stage {e['stage'] + 1} trained no slot: every token bucket was withheld, "
-                f"incoherent or under fcit.min_open_samples (undersized: {e['undersized_buckets']})")
+                f"incoherent or under fcit.min_open_samples / fcit.min_open_share (undersized: {e['undersized_buckets']})")
     counts: dict[str, int] = {}
     for e in history.events:
         counts[e["event"]] = counts.get(e["event"], 0) + 1

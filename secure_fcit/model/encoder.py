@@ -64,8 +64,11 @@ class HFTextEncoder:
         for i in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(list(texts[i : i + self.batch_size]), return_tensors="pt", padding=True,
                                  truncation=True, max_length=self.max_length)
-            hidden = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                output_hidden_states=True).hidden_states[self.layer]
+            if self.layer == 0:  # hidden_states[0] is the input embedding: no need to run the layers
+                hidden = self.model.get_input_embeddings()(enc["input_ids"])
+            else:
+                hidden = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                    output_hidden_states=True).hidden_states[self.layer]
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             out.append(_unit((hidden * mask).sum(1) / mask.sum(1).clamp_min(1)))
         return np.concatenate(out)

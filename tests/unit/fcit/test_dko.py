@@ -41,7 +41,9 @@ def two_slot_organizer(**config) -> DKOOrganizer:
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [({"k_min": 0}, "k_min"), ({"tau": 0.0}, "tau"), ({"tau": 1.5}, "tau"), ({"tau": float("nan")}, "tau"),
-     ({"max_slots": 0}, "max_slots"), ({"policy": "sometimes"}, "policy"), ({"n_buckets": 6}, "n_buckets")],
+     ({"max_slots": 0}, "max_slots"), ({"policy": "sometimes"}, "policy"), ({"n_buckets": 6}, "n_buckets"),
+     ({"min_open_share": 1.0}, "min_open_share"), ({"min_open_share": -0.1}, "min_open_share"),
+     ({"min_open_share": True}, "min_open_share")],
 )  # fmt: skip
 def test_config_validation_names_the_parameter(kwargs, name):
     with pytest.raises(ConfigError, match=name):
@@ -180,3 +182,20 @@ def test_an_unmatched_bucket_with_too_few_samples_opens_no_slot():
     # The same task with enough samples behind it later opens its slot.
     plan = org.plan(1, tokens_sum(1, [("c", task_token(1), 7, 3), ("d", task_token(1), 5, 3)]))
     assert plan.opened == (1,) and plan.undersized_buckets == ()
+
+
+def test_a_group_below_the_share_floor_opens_no_duplicate_slot():
+    """A few clients of a task whose tokens fall below tau from the rest of their task (here a
+    task-2 bucket of 11 samples beside task 0's 200) found no slot of their own under
+    min_open_share; without the floor they would."""
+    entries = [("a", task_token(0), 100, 0), ("b", task_token(0), 100, 0),
+               ("c", task_token(2), 5, 5), ("d", task_token(2), 6, 5)]  # fmt: skip
+    plan = organizer(min_open_samples=10).plan(0, tokens_sum(0, entries))
+    assert plan.opened == (0, 1)
+    org = organizer(min_open_samples=10, min_open_share=0.1)
+    plan = org.plan(0, tokens_sum(0, entries))
+    assert plan.opened == (0,) and plan.undersized_buckets == (5,) and org.n_slots == 1
+    # A group holding at least the share of the stage's samples still opens its slot.
+    plan = org.plan(1, tokens_sum(1, [("a", task_token(0), 50, 0), ("b", task_token(0), 50, 0), ("c", task_token(2), 12, 5),
+                                      ("d", task_token(2), 12, 5)]))  # fmt: skip
+    assert plan.opened == (1,) and plan.active == (0, 1)

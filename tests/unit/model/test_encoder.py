@@ -24,3 +24,19 @@ def test_encoder_errors_name_the_problem(tmp_path, micro_model_dir):
         load_encoder(str(tmp_path))
     with pytest.raises(ModelError, match="at least one instruction"):
         mean_token(load_encoder("embedded", micro_model_dir), [])
+
+
+def test_the_embedding_layer_shortcut_equals_the_models_hidden_state_zero(micro_model_dir):
+    """Layer 0 is read from the input embedding without running the layers: same numbers, bit for bit."""
+    import torch
+
+    enc = load_encoder("embedded", micro_model_dir)
+    texts = ["What shape is shown?", "Read the word in the image, please.", "Count"]
+    shortcut = enc._pooled(texts)
+    batch = enc.tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        hidden = enc.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           output_hidden_states=True).hidden_states[0]
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    full = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    np.testing.assert_array_equal(shortcut, full)
