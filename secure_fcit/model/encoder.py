@@ -55,6 +55,15 @@ class HFTextEncoder:
         self.max_length = max_length
         self.dim = int(model.config.hidden_size)
         self._ref = np.zeros(self.dim, dtype=np.float32)
+        # Layer 0 is the input embedding in Llama-style models: read it without running the layers,
+        # once a probe shows the two agree for this model (a model that scales or mixes its
+        # embeddings inside forward keeps the full pass).
+        self._embedding_only = False
+        if layer == 0:
+            probe = ["a probe of the embedding layer", "two"]
+            full = self._pooled(probe)
+            self._embedding_only = True
+            self._embedding_only = bool(np.array_equal(self._pooled(probe), full))
         if reference:
             self._ref = self._pooled(reference).mean(axis=0)
 
@@ -64,7 +73,7 @@ class HFTextEncoder:
         for i in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(list(texts[i : i + self.batch_size]), return_tensors="pt", padding=True,
                                  truncation=True, max_length=self.max_length)
-            if self.layer == 0:  # hidden_states[0] is the input embedding: no need to run the layers
+            if self._embedding_only:
                 hidden = self.model.get_input_embeddings()(enc["input_ids"])
             else:
                 hidden = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],

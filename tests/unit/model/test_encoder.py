@@ -31,6 +31,7 @@ def test_the_embedding_layer_shortcut_equals_the_models_hidden_state_zero(micro_
     import torch
 
     enc = load_encoder("embedded", micro_model_dir)
+    assert enc._embedding_only  # the probe at load agreed
     texts = ["What shape is shown?", "Read the word in the image, please.", "Count"]
     shortcut = enc._pooled(texts)
     batch = enc.tokenizer(texts, return_tensors="pt", padding=True)
