@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from .chat import EncodedSample, collate_train, per_sequence_loss
 
-__all__ = ["TrainSpec", "train_steps", "warmup_linear_decay"]
+__all__ = ["TrainSpec", "train_steps", "warmup_linear_decay", "image_features"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,30 @@ def warmup_linear_decay(opt: torch.optim.Optimizer, steps: int, warmup_frac: flo
     )
 
 
+@torch.no_grad()
+def image_features(model: torch.nn.Module, samples: Sequence[EncodedSample], chunk: int = 64) -> list[torch.Tensor]:
+    """Each sample's projected image features, (image tokens, hidden) per sample.
+
+    The vision tower and the projector are frozen (LoRA adapts the language model only), so the
+    features of an image do not change during training: computed once, they are passed to every
+    step through the model's own ``mm_encoder_outputs`` argument instead of re-running the tower
+    every epoch.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if any(p.requires_grad for p in base.model.vision_tower.parameters()) or any(
+        p.requires_grad for p in base.model.multi_modal_projector.parameters()
+    ):
+        raise ConfigError("the vision tower or projector is trainable; its features cannot be computed once")
+    was_training = base.training
+    base.eval()
+    feats: list[torch.Tensor] = []
+    for start in range(0, len(samples), chunk):
+        pixels = torch.stack([s.pixel_values for s in samples[start : start + chunk]])
+        feats += list(base.model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output)
+    base.train(was_training)
+    return feats
+
+
 def train_steps(
     model: torch.nn.Module,
     samples: Sequence[EncodedSample],
@@ -65,6 +89,9 @@ def train_steps(
     steps = max(1, int(round(spec.epochs * n / bs)))
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     sched = warmup_linear_decay(opt, steps, spec.warmup_frac)
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    features = image_features(model, samples)
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     pos = 0
@@ -78,7 +105,8 @@ def train_steps(
         idx = order[pos : pos + bs]
         pos += bs
         batch = collate_train([samples[i] for i in idx], pad_id)
-        out = model(**batch.model_inputs())
+        cached = BaseModelOutputWithPooling(pooler_output=[features[i] for i in idx])
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, mm_encoder_outputs={"image": cached})
         loss = per_sequence_loss(out.logits, batch.labels).mean()
         if extra_loss is not None:
             loss = loss + extra_loss()

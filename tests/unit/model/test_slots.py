@@ -99,3 +99,27 @@ def test_ssa_generation_follows_the_routing(micro_model_dir):
 
         direct = generate_answers(slots.model, processor, [(img, q)], max_new_tokens=4)
     assert routed == direct
+
+
+def test_image_features_computed_once_give_the_same_logits_and_frozen_tower_is_required(slotted):
+    """Training passes each sample's image features, computed once, through the model's
+    ``mm_encoder_outputs``: the logits equal those of the full pass from pixels, bit for bit."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from secure_fcit.model.chat import EncodedSample
+    from secure_fcit.model.train import image_features
+
+    slots, batch = slotted
+    samples = [EncodedSample(batch.input_ids[i], batch.labels[i], batch.pixel_values[i]) for i in range(2)]
+    with slots.training(1):
+        feats = image_features(slots.model, samples)
+        cached = BaseModelOutputWithPooling(pooler_output=feats)
+        with torch.no_grad():
+            fast = slots.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               mm_encoder_outputs={"image": cached}).logits
+        full = _logits(slots, batch)
+    assert torch.equal(fast, full)
+    tower = slots.model.get_base_model().model.vision_tower
+    next(tower.parameters()).requires_grad_(True)
+    with pytest.raises(ConfigError, match="vision tower or projector is trainable"):
+        image_features(slots.model, samples)
