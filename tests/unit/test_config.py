@@ -75,6 +75,7 @@ def test_shipped_configs_load():
         ("[fcit]\nstrategy = \"fedavg\"\n", "fcit.strategy must be one of"),
         ("[fcit]\npolicy = \"maybe\"\n", "fcit.policy must be"),
         ("[fcit]\nn_buckets = 12\n", "fcit: n_buckets must be a power of two"),
+        ("[fcit]\nmin_open_share = 1.0\n", "fcit: min_open_share must be a number in \\[0, 1\\)"),
         ("[fcit]\nrounds = 3\n", "unknown config key fcit.rounds"),
     ],
 )
