@@ -102,9 +102,9 @@ def slots_of_stream(config, ws, encoder) -> dict:
             "misses": [s for s, (o, n) in enumerate(zip(opened, new_units, strict=True)) if len(o) < len(n)]}
 
 
-def _full_run(setting: str, beta: float, seed: int) -> dict | None:
-    path = Path("benchmarks/results/fcit") / setting / f"b{beta:g}" / f"disco-s{seed}" / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+def _disco_run(setting: str, beta: float, seed: int) -> Path:
+    """Where ``benchmarks/fcit_table.py`` writes the full DISCO run of this stream."""
+    return Path("benchmarks/results/fcit") / setting / f"b{beta:g}" / f"disco-s{seed}"
 
 
 def main() -> int:
@@ -134,9 +134,10 @@ def main() -> int:
                 if encoder is None:
                     encoder = load_encoder(cfg.fcit.encoder, ws.model_dir)
                 r = slots_of_stream(cfg, ws, encoder)
-                full = _full_run(setting, beta, seed)
-                if full is not None:
-                    same = _same_outcome(full, r)
+                run_dir = _disco_run(setting, beta, seed)
+                if (run_dir / "metrics.json").is_file():
+                    full = json.loads((run_dir / "metrics.json").read_text())
+                    same = _same_outcome(run_dir, full, r)
                     compared.append((setting, beta, seed, same, _dko_keys(full["config"]["fcit"]) == _dko_keys(asdict(cfg.fcit))))
                     if not same and compared[-1][4]:
                         mismatches.append((setting, beta, seed, full["opened_per_stage"], r["opened_per_stage"]))
@@ -179,15 +180,14 @@ def _dko_keys(fcit: dict) -> tuple:
             fcit["k_min"], fcit["max_slots"])
 
 
-def _same_outcome(full: dict, r: dict) -> str | None:
+def _same_outcome(run_dir: Path, full: dict, r: dict) -> str | None:
     """How a full run's DKO outcome compares: ``"identical"`` (slots opened per stage and final
     tokens to 1e-6), ``"same slots"`` (its ``state/``, which git does not keep, is absent), or None."""
     if full.get("opened_per_stage") is None:  # recorded before opened_per_stage existed
         return "same slot count" if full["slots_opened"] == r["slots"] else None
     if full["opened_per_stage"] != r["opened_per_stage"]:
         return None
-    path = (Path("benchmarks/results/fcit") / full["setting"] / f"b{full['beta']:g}" / f"disco-s{full['seed']}"
-            / "state" / "tokens.json")
+    path = run_dir / "state" / "tokens.json"
     if not path.is_file():
         return "same slots"
     tokens = np.array(json.loads(path.read_text())["tokens"])
