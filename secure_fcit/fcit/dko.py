@@ -3,16 +3,19 @@
 The organizer never sees a client's token or update: every method that uses client data takes an
 ``Aggregate``, which only a secure aggregator can build, and refuses anything else.
 
-Token phase: the sum of the workers' SimHash bucket vectors (layout in ``protocols.layout``) gives,
-per bucket, sum(n_k * mu_k), sum(n_k) and the client count; their ratio is the bucket mean. A
-bucket mean whose cosine with an existing global token is >= tau updates that slot's token as the
-sample-weighted running mean; unmatched bucket means that match each other merge into one new slot
+Token phase: the sum of the workers' token vectors (layout in ``protocols.layout``) gives, per
+block, sum(n_k * mu_k), sum(n_k) and the client count. Blocks 0..n_slots-1 hold the clients whose
+token matched that slot's broadcast token at tau on their side: each updates its slot's token as
+the sample-weighted running mean and makes the slot active. The other blocks are SimHash buckets
+of the tokens that matched no slot; a bucket's mean is sum/count. A bucket mean whose cosine with
+an existing global token is >= tau counts as matched too; unmatched bucket means that match each
+other merge into one new slot
 (if at least ``min_open_samples`` samples, and at least ``min_open_share`` of the samples behind the
 stage's usable buckets, stand behind it; the clients of a smaller group train their nearest slot).
 The stage's active slots are those matched or opened.
 
 Rounds: per active slot, sum(n_k * delta_k) / sum(n_k) is added to the slot's weights (FedAvg on
-deltas). A slot or bucket with 1 <= clients < k_min is a small-cohort release: the ``policy``
+deltas). A slot or token block with 1 <= clients < k_min is a small-cohort release: the ``policy``
 decides (``refuse``: withheld; ``allow-with-dp``: applied only if the round ran DP; ``allow``:
 applied), and every such release is logged in ``releases``.
 """
@@ -90,7 +93,9 @@ class DKOConfig:
 
 @dataclass(frozen=True)
 class Release:
-    """A small-cohort release: ``index`` is a slot (phase "update") or a bucket (phase "token")."""
+    """A small-cohort release: ``index`` is a slot (phase "update") or a block of the token sum
+    (phase "token": a known slot's block below the stage's starting slot count, else that count
+    plus the SimHash bucket; ``protocols.layout``)."""
 
     stage: int
     round: int
@@ -140,6 +145,10 @@ class DKOOrganizer:
         return self.config.n_buckets
 
     @property
+    def tau(self) -> float:
+        return float(self.config.tau)
+
+    @property
     def n_slots(self) -> int:
         return self._tokens.shape[0]
 
@@ -167,17 +176,24 @@ class DKOOrganizer:
     def plan(self, stage: int, aggregate: Aggregate, *, dp: bool = False) -> StagePlan:
         """Organize slots from the token-phase sum of ``stage`` (see module docstring)."""
         stage = _int_at_least("stage", stage, 0)
-        _require_aggregate(aggregate, "token", stage, -1, token_vector_length(self.n_buckets, self._dim))
-        sums, samples, clients = split_token_sum(aggregate.vector, self.n_buckets, self._dim)
+        n_known = self.n_slots
+        n_blocks = n_known + self.n_buckets
+        _require_aggregate(aggregate, "token", stage, -1, token_vector_length(n_blocks, self._dim))
+        sums, samples, clients = split_token_sum(aggregate.vector, n_blocks, self._dim)
         counts = _client_counts(clients, samples, aggregate.n_contributors, "token")
         tau = float(self.config.tau)
         usable, withheld, incoherent, releases = [], [], [], []
+        matched: dict[int, list[int]] = {}
         for b in np.flatnonzero(counts):
             b = int(b)
             release = self._release(stage, -1, "token", b, int(counts[b]), dp)
             releases += [release] if release else []
             if release is not None and not release.applied:
                 withheld.append(b)
+                continue
+            if b < n_known:  # its clients matched slot b's token at tau themselves
+                usable.append(b)
+                matched[b] = [b]
                 continue
             mean = sums[b] / samples[b]
             # Unit tokens with pairwise cosine >= tau have a mean of squared norm >= tau; below
@@ -187,9 +203,10 @@ class DKOOrganizer:
                 continue
             usable.append(b)
 
-        matched: dict[int, list[int]] = {}
         unmatched: list[int] = []
         for b in usable:
+            if b < n_known:
+                continue
             best = -1
             if self.n_slots:
                 scores = cosine(sums[b], self._tokens)[0]

@@ -25,8 +25,9 @@ class SharedSlotOrganizer(DKOOrganizer):
 
     def plan(self, stage: int, aggregate: Aggregate, *, dp: bool = False) -> StagePlan:
         stage = _int_at_least("stage", stage, 0)
-        _require_aggregate(aggregate, "token", stage, -1, token_vector_length(self.n_buckets, self._dim))
-        sums, samples, clients = split_token_sum(aggregate.vector, self.n_buckets, self._dim)
+        n_blocks = self.n_slots + self.n_buckets  # known-slot blocks, then SimHash buckets
+        _require_aggregate(aggregate, "token", stage, -1, token_vector_length(n_blocks, self._dim))
+        sums, samples, clients = split_token_sum(aggregate.vector, n_blocks, self._dim)
         _client_counts(clients, samples, aggregate.n_contributors, "token")
         total, n = sums.sum(axis=0), float(samples.sum())
         opened: tuple[int, ...] = ()

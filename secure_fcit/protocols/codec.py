@@ -2,7 +2,7 @@
 
 Layout: 4-byte little-endian header length | UTF-8 JSON header | array bytes, in the order the
 header lists them. The header holds the message type, the format version, the common fields,
-the message's scalar fields (bytes as hex) and, per array, its name, dtype and shape. Nothing is
+the message's scalar fields (bytes as hex, floats as finite JSON numbers) and, per array, its name, dtype and shape. Nothing is
 unpickled or evaluated; the schema of every type comes from the message dataclasses. Any defect
 of received bytes raises ``RemoteProtocolError`` naming it, and nothing else.
 """
@@ -22,7 +22,7 @@ from secure_fcit.protocols.messages import MESSAGE_TYPES, Message
 
 __all__ = ["VERSION", "MAX_HEADER_BYTES", "encode", "decode"]
 
-VERSION = 1
+VERSION = 2  # 2: StageStart carries tau (workers match known tokens before SimHash)
 MAX_HEADER_BYTES = 1 << 20
 _PREFIX = 4
 _COMMON = ("federation_id", "stage", "round", "attempt", "sender")
@@ -39,7 +39,7 @@ def _schema(cls: type[Message]) -> tuple[tuple[str, str], ...]:
         hint = hints[f.name]
         if f.name in cls.arrays:
             kind = "array"
-        elif hint in (str, int, bytes, bool):
+        elif hint in (str, int, float, bytes, bool):
             kind = hint.__name__
         elif typing.get_origin(hint) is tuple and typing.get_args(hint) in ((str, ...), (int, ...)):
             kind = f"tuple-{typing.get_args(hint)[0].__name__}"
@@ -110,6 +110,8 @@ def _scalar(type_name: str, name: str, kind: str, value: object) -> object:
     ok = {
         "str": isinstance(value, str),
         "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": (isinstance(value, float) and math.isfinite(value))
+        or (isinstance(value, int) and not isinstance(value, bool) and abs(value) <= 1 << 53),
         "bool": isinstance(value, bool),
         "bytes": isinstance(value, str),
         "tuple-str": isinstance(value, list) and all(isinstance(v, str) for v in value),
@@ -123,6 +125,8 @@ def _scalar(type_name: str, name: str, kind: str, value: object) -> object:
             return bytes.fromhex(value)  # type: ignore[arg-type]
         except ValueError:
             raise _fail(f"{type_name}.{name} is not a hex string") from None
+    if kind == "float":
+        return float(value)  # type: ignore[arg-type]
     return tuple(value) if kind.startswith("tuple") else value  # type: ignore[arg-type]
 
 

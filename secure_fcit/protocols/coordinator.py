@@ -259,13 +259,15 @@ class Coordinator:
         self._members = members
         hash_seed = self._rng.bytes(32)  # public: it only decorrelates SimHash planes across stages
         org = self.organizer
-        out = self._begin_phase(-1, members, token_vector_length(org.n_buckets, org.dim))
+        tokens = np.asarray(org.tokens, dtype=np.float32).reshape(-1, org.dim)
+        out = self._begin_phase(-1, members, token_vector_length(len(tokens) + org.n_buckets, org.dim))
         start = self._message(
             StageStart,
             -1,
-            tokens=np.asarray(org.tokens, dtype=np.float32).reshape(-1, org.dim),
+            tokens=tokens,
             hash_seed=hash_seed,
             n_buckets=org.n_buckets,
+            tau=float(org.tau),
             cohort=members,
             aggregation=self._aggregator_kind,
         )

@@ -44,10 +44,14 @@ class Learner(Protocol):
 
 @dataclass(frozen=True)
 class StagePlan:
-    """What DKO decided in a stage's token phase."""
+    """What DKO decided in a stage's token phase.
+
+    The ``*_buckets`` fields are block indices of the token sum (``protocols.layout``): below the
+    stage's starting slot count a known slot's block, from it on ``n_slots + SimHash bucket``.
+    """
 
     tokens: np.ndarray  # (n_slots, d) float32, every global token after this stage's update
-    active: tuple[int, ...]  # slots matched or opened by this stage's buckets
+    active: tuple[int, ...]  # slots matched or opened by this stage's blocks
     opened: tuple[int, ...] = ()
     withheld_buckets: tuple[int, ...] = ()  # below k_min and not allowed by the policy
     incoherent_buckets: tuple[int, ...] = ()  # bucket mixed dissimilar tokens; not used
@@ -71,6 +75,11 @@ class Organizer(Protocol):
 
     @property
     def n_buckets(self) -> int: ...
+
+    @property
+    def tau(self) -> float:
+        """Cosine at which a worker's token joins a known slot's block of the token sum."""
+        ...
 
     @property
     def slot_size(self) -> int: ...

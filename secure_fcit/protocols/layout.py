@@ -1,8 +1,12 @@
 """The layouts of the vectors workers feed into secure sums, shared by workers and the organizer.
 
-Token phase (length ``n_buckets * (d + 2)``): bucket b's block is ``[n_k * mu_k (d values), n_k, 1]``
-in worker k's SimHash bucket b, zeros in every other block. The sum gives, per bucket, the
-sample-weighted token sum, the sample count and the client count.
+Token phase (length ``(n_known + n_buckets) * (d + 2)``, ``n_known`` the global tokens the stage
+started with): worker k writes ``[n_k * mu_k (d values), n_k, 1]`` into one block, zeros in every
+other. The block is ``j < n_known`` when its token has cosine >= tau with known token j (the best
+such j): the DISCO match of a client to an existing slot, made on the client against the tokens
+the coordinator broadcast. Otherwise it is ``n_known + b``, b its SimHash bucket: only tokens of
+tasks the federation does not know yet are hashed, so a new task cannot collide with a returning
+one. The sum gives, per block, the sample-weighted token sum, the sample count and the client count.
 
 Update round (length ``n_active * (p + 2)``), with j the position of the worker's slot in the
 round's active slots: ``[n_k * delta_k in block j of n_active blocks of p | n_k at j of n_active |
@@ -25,6 +29,7 @@ __all__ = [
     "hash_bits",
     "simhash_planes",
     "simhash_bucket",
+    "token_block",
     "token_vector_length",
     "token_vector",
     "split_token_sum",
@@ -59,15 +64,33 @@ def simhash_bucket(token: np.ndarray, planes: np.ndarray) -> int:
     return int(np.dot(bits, 1 << np.arange(bits.size)))
 
 
-def token_vector_length(n_buckets: int, dim: int) -> int:
-    return n_buckets * (dim + 2)
+def token_block(token: np.ndarray, known: np.ndarray, tau: float, planes: np.ndarray) -> int:
+    """The block of the token sum a worker's ``token`` goes to (see module docstring).
+
+    ``known`` are the broadcast global tokens (n_known, d); ``planes`` the stage's SimHash planes.
+    """
+    token = np.asarray(token)
+    known = np.asarray(known)
+    if known.ndim != 2 or (len(known) and known.shape[1] != token.size):
+        raise LocalProtocolError(f"known tokens of shape {known.shape} do not fit a token of {token.size} values")
+    if len(known):
+        scores = cosine(token, known)[0]
+        best = int(np.argmax(scores))
+        if scores[best] >= tau:
+            return best
+    return len(known) + simhash_bucket(token, planes)
 
 
-def token_vector(token: np.ndarray, n_samples: int, bucket: int, n_buckets: int) -> np.ndarray:
-    """Worker k's token-phase contribution (see module docstring)."""
+def token_vector_length(n_blocks: int, dim: int) -> int:
+    """Length of a token-phase vector of ``n_blocks`` blocks (known tokens + SimHash buckets)."""
+    return n_blocks * (dim + 2)
+
+
+def token_vector(token: np.ndarray, n_samples: int, block: int, n_blocks: int) -> np.ndarray:
+    """Worker k's token-phase contribution: ``token`` in ``block`` of ``n_blocks`` (module docstring)."""
     dim = token.size
-    out = np.zeros(token_vector_length(n_buckets, dim), dtype=np.float64)
-    start = bucket * (dim + 2)
+    out = np.zeros(token_vector_length(n_blocks, dim), dtype=np.float64)
+    start = block * (dim + 2)
     out[start : start + dim] = n_samples * token
     out[start + dim] = n_samples
     out[start + dim + 1] = 1.0
@@ -75,10 +98,10 @@ def token_vector(token: np.ndarray, n_samples: int, bucket: int, n_buckets: int)
 
 
 def split_token_sum(
-    vector: np.ndarray, n_buckets: int, dim: int
+    vector: np.ndarray, n_blocks: int, dim: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(per-bucket sum of n_k * mu_k (B, d), sample counts (B,), client counts (B,))."""
-    blocks = vector.reshape(n_buckets, dim + 2)
+    """(per-block sum of n_k * mu_k (B, d), sample counts (B,), client counts (B,))."""
+    blocks = vector.reshape(n_blocks, dim + 2)
     return blocks[:, :dim], blocks[:, dim], blocks[:, dim + 1]
 
 

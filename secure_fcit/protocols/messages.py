@@ -13,6 +13,7 @@ validated. Aggregation protocols with more phases (masking, CKKS) add their own 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, fields
 from typing import ClassVar, TypeVar
@@ -199,7 +200,9 @@ def _check_tokens(tokens: np.ndarray) -> None:
 class StageStart(Message):
     """Coordinator -> stage members: start the token phase of a stage.
 
-    ``tokens`` are the global identity tokens so far, shape (n_slots, d), possibly (0, d);
+    ``tokens`` are the global identity tokens so far, shape (n_slots, d), possibly (0, d); a
+    worker whose token has cosine >= ``tau`` with one of them puts it in that slot's block of the
+    token sum, any other worker in its SimHash bucket (``protocols.layout``);
     ``hash_seed`` (32 public bytes) and ``n_buckets`` (a power of two) define the SimHash;
     ``cohort`` is who contributes to the token sum; ``aggregation`` names the secure-aggregation
     kind, so a worker can refuse a weaker one than it is configured for.
@@ -211,11 +214,15 @@ class StageStart(Message):
     tokens: np.ndarray
     hash_seed: bytes
     n_buckets: int
+    tau: float
     cohort: tuple[str, ...]
     aggregation: str
 
     def _validate(self) -> None:
         _check_tokens(self.tokens)
+        tau = self.tau
+        if isinstance(tau, bool) or not isinstance(tau, int | float) or not math.isfinite(tau) or not 0 < tau <= 1:
+            raise ConfigError(f"tau must be a number in (0, 1], got {tau!r:.40}")
         if not isinstance(self.hash_seed, bytes) or len(self.hash_seed) != 32:
             raise ConfigError("hash_seed must be exactly 32 bytes")
         check_int("n_buckets", self.n_buckets, 2, 1 << 20)

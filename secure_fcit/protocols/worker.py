@@ -23,8 +23,8 @@ from secure_fcit.protocols.coordinator import DEFAULT_MAX_MESSAGE_SIZE
 from secure_fcit.protocols.interfaces import Learner
 from secure_fcit.protocols.layout import (
     choose_slot,
-    simhash_bucket,
     simhash_planes,
+    token_block,
     token_vector,
     update_vector,
 )
@@ -245,8 +245,8 @@ class Worker:
             return [self._reply(Refusal, message, reason=str(reason)[:1000])]
         token = self._identity_token(message.stage)
         planes = simhash_planes(message.hash_seed, message.n_buckets, token.size)
-        bucket = simhash_bucket(token, planes)
-        vector = token_vector(token, self._n_samples, bucket, message.n_buckets)
+        block = token_block(token, message.tokens, message.tau, planes)
+        vector = token_vector(token, self._n_samples, block, len(message.tokens) + message.n_buckets)
         round_id = AggregationRound(message.federation_id, message.stage, -1, message.attempt, "token")
         return self.aggregator.begin(
             round_id,

@@ -16,9 +16,14 @@ def organizer(**config) -> DKOOrganizer:
     return DKOOrganizer(DIM, P, DKOConfig(n_buckets=B, **config))
 
 
-def tokens_sum(stage: int, entries) -> object:
-    """Aggregate of token vectors; entries: (client, token, n_samples, bucket)."""
-    return aggregate_of({c: layout.token_vector(t, n, b, B) for c, t, n, b in entries}, stage=stage, round=-1)
+def tokens_sum(stage: int, entries, known: int = 0) -> object:
+    """Aggregate of token vectors; entries: (client, token, n_samples, where), ``where`` a SimHash
+    bucket (its block follows the ``known`` slots' blocks) or ("slot", j), known slot j's block."""
+    def block(where) -> int:
+        return where[1] if isinstance(where, tuple) else known + where
+
+    vectors = {c: layout.token_vector(t, n, block(w), known + B) for c, t, n, w in entries}
+    return aggregate_of(vectors, stage=stage, round=-1)
 
 
 def updates_sum(stage: int, round: int, n_active: int, entries) -> object:
@@ -83,9 +88,40 @@ def test_tokens_open_one_slot_per_task_and_returning_tasks_reuse_it():
     # Task 0 returns with a slightly different token: slot 0 is reused, its token the running mean.
     nudged = task_token(0) + 0.05 * task_token(1)
     nudged /= np.linalg.norm(nudged)
-    plan = org.plan(1, tokens_sum(1, [("a", nudged, 4, 5), ("e", nudged, 4, 5)]))
+    plan = org.plan(1, tokens_sum(1, [("a", nudged, 4, ("slot", 0)), ("e", nudged, 4, ("slot", 0))], known=2))
     assert plan.active == (0,) and plan.opened == () and org.n_slots == 2
     np.testing.assert_allclose(org.tokens[0], (8 * task_token(0) + 8 * nudged) / 16, atol=1e-6)
+    # A SimHash bucket whose mean matches a known token at tau joins that slot as well.
+    plan = org.plan(2, tokens_sum(2, [("a", task_token(1), 4, 5), ("e", task_token(1), 4, 5)], known=2))
+    assert plan.active == (1,) and plan.opened == () and org.n_slots == 2
+
+
+def test_a_returning_task_matched_on_the_clients_cannot_collide_with_a_new_task():
+    """A returning task's clients match its slot's broadcast token themselves, so only new tasks
+    are hashed: a new task whose tokens share a SimHash bucket with a returning one still opens
+    its slot. Had the returning clients been hashed into the same bucket, the mixed bucket would be
+    discarded as incoherent and the new task's clients would train another task's slot."""
+    returning = [("a", task_token(0), 400, ("slot", 0)), ("b", task_token(0), 500, ("slot", 0))]
+    new = [("c", task_token(2), 600, 3), ("d", task_token(2), 400, 3)]
+    org = two_slot_organizer()
+    plan = org.plan(1, tokens_sum(1, returning + new, known=2))
+    assert plan.opened == (2,) and plan.active == (0, 2) and plan.incoherent_buckets == ()
+    np.testing.assert_allclose(org.tokens[2], task_token(2), atol=1e-6)
+    hashed_together = [(c, t, n, 3) for c, t, n, _ in returning] + new
+    org = two_slot_organizer()
+    plan = org.plan(1, tokens_sum(1, hashed_together, known=2))
+    assert plan.opened == () and plan.active == () and plan.incoherent_buckets == (2 + 3,)
+
+
+def test_a_known_slot_block_below_k_min_is_withheld_under_refuse_and_logged():
+    org = two_slot_organizer(policy="refuse", k_min=2)
+    before = org.tokens.copy()
+    plan = org.plan(1, tokens_sum(1, [("a", task_token(0), 9, ("slot", 0)),
+                                      ("c", task_token(1), 4, ("slot", 1)), ("d", task_token(1), 4, ("slot", 1))],
+                                  known=2))  # fmt: skip
+    assert plan.active == (1,) and plan.withheld_buckets == (0,)
+    np.testing.assert_array_equal(org.tokens[0], before[0])  # the lone client's token changed nothing
+    assert org.releases[-1] == Release(1, -1, "token", 0, 1, "refuse", False)
 
 
 def test_bucket_means_that_match_each_other_merge_into_one_new_slot():
@@ -180,7 +216,7 @@ def test_an_unmatched_bucket_with_too_few_samples_opens_no_slot():
                                       ("c", task_token(1), 2, 3), ("d", task_token(1), 3, 3)]))  # fmt: skip
     assert plan.opened == (0,) and plan.undersized_buckets == (3,) and org.n_slots == 1
     # The same task with enough samples behind it later opens its slot.
-    plan = org.plan(1, tokens_sum(1, [("c", task_token(1), 7, 3), ("d", task_token(1), 5, 3)]))
+    plan = org.plan(1, tokens_sum(1, [("c", task_token(1), 7, 3), ("d", task_token(1), 5, 3)], known=1))
     assert plan.opened == (1,) and plan.undersized_buckets == ()
 
 
@@ -196,6 +232,6 @@ def test_a_group_below_the_share_floor_opens_no_duplicate_slot():
     plan = org.plan(0, tokens_sum(0, entries))
     assert plan.opened == (0,) and plan.undersized_buckets == (5,) and org.n_slots == 1
     # A group holding at least the share of the stage's samples still opens its slot.
-    plan = org.plan(1, tokens_sum(1, [("a", task_token(0), 50, 0), ("b", task_token(0), 50, 0), ("c", task_token(2), 12, 5),
-                                      ("d", task_token(2), 12, 5)]))  # fmt: skip
+    plan = org.plan(1, tokens_sum(1, [("a", task_token(0), 50, ("slot", 0)), ("b", task_token(0), 50, ("slot", 0)),
+                                      ("c", task_token(2), 12, 5), ("d", task_token(2), 12, 5)], known=1))  # fmt: skip
     assert plan.opened == (1,) and plan.active == (0, 1)

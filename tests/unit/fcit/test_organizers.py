@@ -15,8 +15,10 @@ B = 8
 P = 3
 
 
-def tokens_sum(stage, entries):
-    return aggregate_of({c: layout.token_vector(t, n, b, B) for c, t, n, b in entries}, stage=stage, round=-1)
+def tokens_sum(stage, entries, known=0):
+    """entries: (client, token, n_samples, SimHash bucket), blocks after the ``known`` slots' blocks."""
+    vectors = {c: layout.token_vector(t, n, known + b, known + B) for c, t, n, b in entries}
+    return aggregate_of(vectors, stage=stage, round=-1)
 
 
 def updates_sum(stage, round, entries):
@@ -30,7 +32,7 @@ def test_shared_slot_keeps_one_slot_over_different_tasks():
     assert plan.active == (0,) and plan.opened == (0,)
     org.apply(0, 0, updates_sum(0, 0, [("a", [1, 1, 1], 2), ("b", [3, 3, 3], 6)]))
     np.testing.assert_allclose(org.global_weights([0])[0], 0.5 + 2.5)  # (2*1 + 6*3) / 8
-    plan = org.plan(1, tokens_sum(1, [("c", task_token(2), 4, 0)]))
+    plan = org.plan(1, tokens_sum(1, [("c", task_token(2), 4, 0)], known=1))
     assert plan.active == (0,) and plan.opened == () and org.n_slots == 1
 
 
@@ -53,7 +55,7 @@ def test_ewc_consolidates_the_federated_fisher_at_each_stage():
                                        ("b", [0.5, 0.5, 0, 0, 0, 0, 6.0, 8.0], 3)]))
     w = org.global_weights([0])[0]
     np.testing.assert_allclose(w[3 * p :], [5.0, 7.0])  # the sample-weighted mean Fisher
-    org.plan(1, tokens_sum(1, [("a", task_token(1), 2, 0)]))
+    org.plan(1, tokens_sum(1, [("a", task_token(1), 2, 0)], known=1))
     w = org.global_weights([0])[0]
     np.testing.assert_allclose(w[:p], [1.5, 1.5])
     np.testing.assert_allclose(w[p : 2 * p], [1.5, 1.5])  # new anchor

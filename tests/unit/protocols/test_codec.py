@@ -97,6 +97,7 @@ messages = st.one_of(
         tokens=tokens(),
         hash_seed=st.binary(min_size=32, max_size=32),
         n_buckets=st.sampled_from([2, 4, 1024]),
+        tau=st.floats(min_value=1e-6, max_value=1.0),
         cohort=cohorts,
         aggregation=ids,
     ),
@@ -228,7 +229,7 @@ PLAN = SlotPlan(
     ("mutate", "match"),
     [
         (lambda h: h.update(type="Pickle"), "unknown message type"),
-        (lambda h: h.update(version=2), "unsupported version"),
+        (lambda h: h.update(version=1), "unsupported version"),  # before StageStart carried tau
         (lambda h: h.update(extra=1), "header keys"),
         (lambda h: h["fields"].update(active="0,1"), "JSON tuple-int"),
         (lambda h: h["fields"].update(surprise=1), "fields"),
@@ -244,6 +245,23 @@ def test_malformed_headers_are_named(mutate, match):
     header, body = _header(PLAN)
     mutate(header)
     with pytest.raises(RemoteProtocolError, match=match):
+        decode(_frame(header, body), MAX)
+
+
+def test_float_fields_travel_as_finite_json_numbers_only():
+    start = StageStart(federation_id="f", stage=0, round=-1, sender="coordinator",
+                       tokens=np.zeros((0, 3), np.float32), hash_seed=bytes(32), n_buckets=4, tau=0.9,
+                       cohort=("client-0",), aggregation="plaintext")  # fmt: skip
+    header, body = _header(start)
+    assert header["fields"]["tau"] == 0.9 and decode(encode(start), MAX).tau == 0.9
+    header["fields"]["tau"] = 1  # an integral JSON number is a float field's value too
+    assert decode(_frame(header, body), MAX).tau == 1.0
+    for bad in ("0.9", True, None, 10**400):
+        header["fields"]["tau"] = bad
+        with pytest.raises(RemoteProtocolError, match="JSON float"):
+            decode(_frame(header, body), MAX)
+    header["fields"]["tau"] = 2.5  # a finite float the message itself refuses
+    with pytest.raises(RemoteProtocolError, match="tau must be a number in"):
         decode(_frame(header, body), MAX)
 
 
@@ -281,10 +299,14 @@ def test_construction_validates_fields():
         StageEnd(federation_id="f", stage=0, round=-1, sender="bad id with spaces")
     with pytest.raises(ConfigError, match="hash_seed"):
         StageStart(**base, round=-1, tokens=np.zeros((0, 2), np.float32), hash_seed=b"short",
-                   n_buckets=4, cohort=(), aggregation="plaintext")  # fmt: skip
+                   n_buckets=4, tau=0.9, cohort=(), aggregation="plaintext")  # fmt: skip
     with pytest.raises(ConfigError, match="power of two"):
         StageStart(**base, round=-1, tokens=np.zeros((0, 2), np.float32), hash_seed=bytes(32),
-                   n_buckets=6, cohort=(), aggregation="plaintext")  # fmt: skip
+                   n_buckets=6, tau=0.9, cohort=(), aggregation="plaintext")  # fmt: skip
+    for tau in (0.0, 1.5, float("nan"), True, "0.9"):
+        with pytest.raises(ConfigError, match="tau must be a number in"):
+            StageStart(**base, round=-1, tokens=np.zeros((0, 2), np.float32), hash_seed=bytes(32),
+                       n_buckets=4, tau=tau, cohort=(), aggregation="plaintext")  # fmt: skip
     with pytest.raises(ConfigError, match="dtype"):
         SlotPlan(**base, round=-1, tokens=np.zeros((1, 2)), active=())  # float64, not float32
     with pytest.raises(ConfigError, match="more than once"):

@@ -9,13 +9,24 @@ from secure_fcit.protocols import layout as L
 
 def test_token_vector_layout_and_split():
     token = np.array([0.6, 0.8])
-    vector = L.token_vector(token, 5, bucket=2, n_buckets=4)
+    vector = L.token_vector(token, 5, block=2, n_blocks=4)
     assert vector.size == L.token_vector_length(4, 2) == 16
     np.testing.assert_array_equal(vector[8:12], [3.0, 4.0, 5.0, 1.0])  # block 2: n*mu, n, 1
     assert np.count_nonzero(vector) == 4
     sums, samples, clients = L.split_token_sum(vector + L.token_vector(token, 2, 2, 4), 4, 2)
     np.testing.assert_allclose(sums[2] / samples[2], token)
     assert clients.tolist() == [0, 0, 2, 0]
+
+
+def test_token_block_is_the_best_known_token_at_tau_else_the_bucket_after_the_known_blocks():
+    planes = L.simhash_planes(bytes(32), 8, 2)
+    known = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    assert L.token_block(np.array([0.62, 0.78]), known, 0.9, planes) == 2  # best of slots 1 and 2
+    assert L.token_block(np.array([0.1, 1.0]), known, 0.9, planes) == 1
+    far = np.array([-1.0, -0.2])  # no known token within tau
+    assert L.token_block(far, known, 0.9, planes) == 3 + L.simhash_bucket(far, planes)
+    assert L.token_block(far, np.zeros((0, 2)), 0.9, planes) == L.simhash_bucket(far, planes)
+    assert L.token_block(np.array([0.62, 0.78]), known, 1.0, planes) == 3 + L.simhash_bucket(np.array([0.62, 0.78]), planes)
 
 
 def test_update_vector_layout_and_split():

@@ -30,7 +30,7 @@ HEAD = dict(federation_id=FED, stage=0, attempt=0, sender="coordinator")
 
 def stage_start(**changes) -> StageStart:
     fields = dict(HEAD, round=-1, tokens=np.zeros((0, DIM), np.float32), hash_seed=bytes(range(32)),
-                  n_buckets=16, cohort=(ME, "client-01"), aggregation="plaintext")  # fmt: skip
+                  n_buckets=16, tau=0.9, cohort=(ME, "client-01"), aggregation="plaintext")  # fmt: skip
     fields.update(changes)
     return StageStart(**fields)
 
@@ -61,6 +61,28 @@ def test_token_upload_carries_the_simhash_bucket_vector():
     token = learner.identity_token(0)
     bucket = layout.simhash_bucket(token, layout.simhash_planes(bytes(range(32)), 16, DIM))
     np.testing.assert_allclose(upload.payload, layout.token_vector(token, 7, bucket, 16))
+
+
+def test_a_token_matching_a_known_slot_goes_to_that_slots_block_and_no_other_is_hashed():
+    known = np.stack([task_token(3), task_token(0), task_token(5)]).astype(np.float32)  # slot 1 is task 0
+    planes = layout.simhash_planes(bytes(range(32)), 16, DIM)
+    learner = FakeLearner(ME, {0: 0}, samples=7)
+    token = learner.identity_token(0)
+    (upload,) = Worker(FED, ME, learner, PlaintextClient()).receive(stage_start(tokens=known))
+    np.testing.assert_allclose(upload.payload, layout.token_vector(token, 7, 1, 3 + 16))
+    # Below tau to every known token (a task the federation does not know): its SimHash bucket,
+    # after the three known blocks.
+    learner = FakeLearner(ME, {0: 7}, samples=7)
+    token = learner.identity_token(0)
+    assert layout.cosine(token, known).max() < 0.9
+    (upload,) = Worker(FED, ME, learner, PlaintextClient()).receive(stage_start(tokens=known))
+    bucket = layout.simhash_bucket(token, planes)
+    np.testing.assert_allclose(upload.payload, layout.token_vector(token, 7, 3 + bucket, 3 + 16))
+    # The same tokens under a tau no pair reaches: hashed, whatever the known tokens are.
+    learner = FakeLearner(ME, {0: 0}, samples=7)
+    (upload,) = Worker(FED, ME, learner, PlaintextClient()).receive(stage_start(tokens=known, tau=1.0))
+    bucket = layout.simhash_bucket(learner.identity_token(0), planes)
+    np.testing.assert_allclose(upload.payload, layout.token_vector(learner.identity_token(0), 7, 3 + bucket, 19))
 
 
 def test_update_upload_trains_the_closest_slot_and_lays_out_the_vector():
