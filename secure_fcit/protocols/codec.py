@@ -2,9 +2,10 @@
 
 Layout: 4-byte little-endian header length | UTF-8 JSON header | array bytes, in the order the
 header lists them. The header holds the message type, the format version, the common fields,
-the message's scalar fields (bytes as hex, floats as finite JSON numbers) and, per array, its name, dtype and shape. Nothing is
-unpickled or evaluated; the schema of every type comes from the message dataclasses. Any defect
-of received bytes raises ``RemoteProtocolError`` naming it, and nothing else.
+the message's scalar fields (bytes as hex, floats as finite JSON numbers) and, per array, its
+name, dtype and shape. Nothing is unpickled or evaluated; the schema of every type comes from the
+message dataclasses. Any defect of received bytes raises ``RemoteProtocolError`` naming it, and
+nothing else.
 """
 
 from __future__ import annotations
