@@ -177,10 +177,7 @@ class DKOOrganizer:
         """Organize slots from the token-phase sum of ``stage`` (see module docstring)."""
         stage = _int_at_least("stage", stage, 0)
         n_known = self.n_slots
-        n_blocks = n_known + self.n_buckets
-        _require_aggregate(aggregate, "token", stage, -1, token_vector_length(n_blocks, self._dim))
-        sums, samples, clients = split_token_sum(aggregate.vector, n_blocks, self._dim)
-        counts = _client_counts(clients, samples, aggregate.n_contributors, "token")
+        sums, samples, counts = self._token_sums(stage, aggregate)
         tau = float(self.config.tau)
         usable, withheld, incoherent, releases = [], [], [], []
         matched: dict[int, list[int]] = {}
@@ -258,6 +255,14 @@ class DKOOrganizer:
             incoherent_buckets=tuple(incoherent),
             undersized_buckets=tuple(sorted(undersized)),
         )
+
+    def _token_sums(self, stage: int, aggregate: Aggregate) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-block token sums, sample counts and checked client counts of a token-phase aggregate:
+        a block per known slot, then the SimHash buckets (``protocols.layout``)."""
+        n_blocks = self.n_slots + self.n_buckets
+        _require_aggregate(aggregate, "token", stage, -1, token_vector_length(n_blocks, self._dim))
+        sums, samples, clients = split_token_sum(aggregate.vector, n_blocks, self._dim)
+        return sums, samples, _client_counts(clients, samples, aggregate.n_contributors, "token")
 
     # ----------------------------------------------------------------- rounds
     def apply(self, stage: int, round: int, aggregate: Aggregate, *, dp: bool = False) -> RoundOutcome:

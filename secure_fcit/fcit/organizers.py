@@ -13,9 +13,8 @@ import numpy as np
 
 from secure_fcit.protocols.aggregation import Aggregate
 from secure_fcit.protocols.interfaces import StagePlan
-from secure_fcit.protocols.layout import split_token_sum, token_vector_length
 
-from .dko import DKOOrganizer, _client_counts, _int_at_least, _require_aggregate
+from .dko import DKOOrganizer, _int_at_least
 
 __all__ = ["SharedSlotOrganizer", "EWCOrganizer", "EWC_PARTS"]
 
@@ -25,10 +24,7 @@ class SharedSlotOrganizer(DKOOrganizer):
 
     def plan(self, stage: int, aggregate: Aggregate, *, dp: bool = False) -> StagePlan:
         stage = _int_at_least("stage", stage, 0)
-        n_blocks = self.n_slots + self.n_buckets  # known-slot blocks, then SimHash buckets
-        _require_aggregate(aggregate, "token", stage, -1, token_vector_length(n_blocks, self._dim))
-        sums, samples, clients = split_token_sum(aggregate.vector, n_blocks, self._dim)
-        _client_counts(clients, samples, aggregate.n_contributors, "token")
+        sums, samples, _ = self._token_sums(stage, aggregate)
         total, n = sums.sum(axis=0), float(samples.sum())
         opened: tuple[int, ...] = ()
         if self.n_slots == 0:
