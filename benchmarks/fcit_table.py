@@ -68,7 +68,9 @@ def main() -> int:
                     m = json.loads((run / "metrics.json").read_text())
                     rows.append({"setting": setting, "beta": beta, "strategy": strategy, "seed": seed,
                                  "last": m["last"], "avg": m["avg"], "forgetting": m["forgetting"],
-                                 "slots_opened": m["slots_opened"], "seconds": m["seconds"]})
+                                 "slots_opened": m["slots_opened"], "seconds": m["seconds"],
+                                 # runs from before the field existed all ran on this machine's CPU
+                                 "device": m.get("device", "cpu")})
     table = _table(rows)
     (out / "table.json").parent.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -83,8 +85,8 @@ def _table(rows: list[dict]) -> str:
         "",
         "Regenerate: `python benchmarks/fcit_table.py " + " ".join(sys.argv[1:]) + "`",
         "",
-        "| setting | beta | method | seeds | Last | Avg | Forgetting | slots | s/run |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| setting | beta | method | seeds | Last | Avg | Forgetting | slots | s/run | run on |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     validity = Path("benchmarks/results/validity.json")
     keys = sorted({(r["setting"], r["beta"], r["strategy"]) for r in rows},
@@ -97,12 +99,18 @@ def _table(rows: list[dict]) -> str:
             return f"{v.mean():.2f}" + (f" ± {v.std(ddof=1):.2f}" if len(v) > 1 else "")
 
         lines.append(f"| {setting} | {beta:g} | {strategy} | {len(group)} | {stat('last')} | {stat('avg')} | "
-                     f"{stat('forgetting')} | {stat('slots_opened') if strategy == 'disco' else '–'} | {np.mean([r['seconds'] for r in group]):.0f} |")
+                     f"{stat('forgetting')} | {stat('slots_opened') if strategy == 'disco' else '–'} | {np.mean([r['seconds'] for r in group]):.0f} | "
+                     f"{', '.join(sorted({_device(r['device']) for r in group}))} |")
     if validity.is_file():
         v = json.loads(validity.read_text())
         lines += ["", f"Reference points (task-related tasks, `benchmarks/validity.py`): zero-shot {v['zero_shot']:.2f}, "
                   f"centralized multi-task LoRA (upper bound) {v['upper_bound']:.2f}."]
     return "\n".join(lines) + "\n"
+
+
+def _device(name: str) -> str:
+    """"cpu (1 threads)" and older runs' bare "cpu" are this machine's CPU; else the GPU's name."""
+    return "CPU" if name.startswith("cpu") else name
 
 
 if __name__ == "__main__":

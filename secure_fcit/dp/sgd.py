@@ -28,7 +28,7 @@ from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processe
 
 from ..crypto.prg import ChaCha20PRG
 from ..errors import PrivacyError
-from ..model.chat import EncodedSample, collate_train, per_sequence_loss
+from ..model.chat import EncodedSample, collate_train, model_device, per_sequence_loss
 from ..model.train import warmup_linear_decay
 
 __all__ = ["ChaChaDPOptimizer", "DPStepResult", "dp_train_steps", "poisson_batches"]
@@ -47,7 +47,7 @@ class ChaChaDPOptimizer(DPOptimizer):
             _check_processed_flag(p.summed_grad)
             if std > 0:
                 z = torch.from_numpy(self.prg.normal(p.summed_grad.numel()))
-                noise = (z * std).to(p.summed_grad.dtype).view_as(p.summed_grad)
+                noise = (z * std).to(p.summed_grad.device, p.summed_grad.dtype).view_as(p.summed_grad)
                 p.grad = (p.summed_grad + noise).view_as(p)
             else:
                 p.grad = p.summed_grad.clone().view_as(p)
@@ -97,6 +97,7 @@ def dp_train_steps(
     if {id(p) for p in trainable} != {id(p) for p in params}:
         raise PrivacyError("DP-SGD must train exactly the slot's parameters; others are trainable too")
     prg = prg or ChaCha20PRG()
+    device = model_device(model)
     n = len(samples)
     expected = sample_rate * n
     base_opt = (torch.optim.AdamW(params, lr=lr, weight_decay=0.0) if optimizer == "adamw"
@@ -113,7 +114,7 @@ def dp_train_steps(
         for idx in poisson_batches(n, sample_rate, steps, prg):
             t0 = time.perf_counter()
             if len(idx):
-                batch = collate_train([samples[i] for i in idx], pad_id)
+                batch = collate_train([samples[i] for i in idx], pad_id).to(device)
                 per_seq = per_sequence_loss(gsm(**batch.model_inputs()).logits, batch.labels)
                 with warnings.catch_warnings():  # frozen inputs: Opacus' hooks fire on outputs, as intended
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -121,7 +122,7 @@ def dp_train_steps(
                 losses.append(float(per_seq.mean().detach()))
             else:  # an empty Poisson batch: zero per-sample gradients, the step is still noised
                 for p in params:
-                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
             sizes.append(len(idx))
             if grad_masks:
                 for p, m in zip(params, grad_masks, strict=True):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..model.chat import EncodedSample, collate_prompts, encode_prompt, encode_sample
+from ..model.chat import EncodedSample, collate_prompts, encode_prompt, encode_sample, model_device
 from .metrics import score_prediction
 
 __all__ = ["TaskEval", "encode_train_records", "generate_answers", "evaluate_records"]
@@ -46,7 +46,9 @@ def generate_answers(
     answers: list[str] = []
     for start in tqdm(range(0, len(items), batch_size), desc=desc, disable=not progress, leave=False):
         chunk = items[start : start + batch_size]
-        batch = collate_prompts([encode_prompt(processor, img, q) for img, q in chunk], tok.pad_token_id)
+        batch = collate_prompts([encode_prompt(processor, img, q) for img, q in chunk], tok.pad_token_id).to(
+            model_device(model)
+        )
         out = model.generate(
             **batch.model_inputs(),
             max_new_tokens=max_new_tokens,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..model.chat import EncodedSample, collate_train, per_sequence_loss
+from ..model.chat import EncodedSample, collate_train, model_device, per_sequence_loss
 from ..model.encoder import InstructionEncoder, mean_token
 from ..model.slots import SlotLoRA
 from ..model.train import TrainSpec, train_steps
@@ -117,8 +117,8 @@ class FedProxLearner(SlotLearner):
     def train(self, stage: int, round: int, slot: int, weights: np.ndarray) -> np.ndarray:
         weights = np.asarray(weights, dtype=np.float32)
         self.slots.load_slot(slot, weights)
-        anchor = torch.from_numpy(weights.copy())
         params = self.slots._params(slot)
+        anchor = torch.from_numpy(weights.copy()).to(params[0].device)
         self._local_training(
             stage, round, slot, weights, lambda: 0.5 * self.mu * (_flat(params) - anchor).pow(2).sum()
         )
@@ -147,8 +147,8 @@ class EWCLearner(SlotLearner):
         params = self.slots._params(slot)
         extra = None
         if self.lam > 0 and fisher.sum() > 0:
-            importance = torch.from_numpy(fisher / fisher.mean())
-            anchor_t = torch.from_numpy(anchor.copy())
+            importance = torch.from_numpy(fisher / fisher.mean()).to(params[0].device)
+            anchor_t = torch.from_numpy(anchor.copy()).to(params[0].device)
             extra = lambda: 0.5 * self.lam * (importance * (_flat(params) - anchor_t).pow(2)).sum()  # noqa: E731
         last = round == self.rounds_per_stage - 1
         self._local_training(stage, round, slot, w, extra, collect_sq=last and self.privacy is not None)
@@ -163,18 +163,18 @@ class EWCLearner(SlotLearner):
             # Under DP the Fisher is the mean squared *noised* gradient of the round's DP-SGD
             # steps: post-processing of released values, no extra privacy spend. The per-sample
             # Fisher below would release unprotected squared gradients.
-            return torch.cat([g.reshape(-1) for g in self._last_sq]).float().numpy()
+            return torch.cat([g.reshape(-1) for g in self._last_sq]).float().cpu().numpy()
         model = self.slots.model
         total = None
         samples = list(self.samples[stage])
         with self.slots.training(slot) as params:
             for sample in samples:
-                batch = collate_train([sample], self.pad_id)
+                batch = collate_train([sample], self.pad_id).to(model_device(model))
                 loss = per_sequence_loss(model(**batch.model_inputs()).logits, batch.labels).sum()
                 grads = torch.autograd.grad(loss, params)
                 sq = torch.cat([g.reshape(-1) for g in grads]).pow(2)
                 total = sq if total is None else total + sq
-        return (total / len(samples)).float().numpy()
+        return (total / len(samples)).float().cpu().numpy()
 
 
 class OLoRALearner(SlotLearner):

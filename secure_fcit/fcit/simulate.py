@@ -42,7 +42,7 @@ from .metrics import summarize
 from .organizers import EWC_PARTS, EWCOrganizer, SharedSlotOrganizer
 from .report import matrix_markdown, plot_matrix
 from .ssa import evaluate_routed
-from .workspace import Workspace, prepare_workspace
+from .workspace import Workspace, describe_device, prepare_workspace
 
 __all__ = [
     "SimulationResult", "run_simulation", "write_simulation", "scenario_for", "slot_layout",
@@ -70,6 +70,7 @@ class SimulationResult:
     state: dict[str, Any]  # tokens, slot vectors, layout: what ``state/`` holds
     refusals: list[dict[str, Any]] = field(default_factory=list)  # who declined which round, and why
     dp: bool = False
+    device: str = "cpu"  # where the model ran: "cpu (N threads)" or the CUDA device's name
 
 
 def scenario_for(config: Config, ws: Workspace) -> Scenario:
@@ -284,7 +285,7 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
         slots_opened=organizer.n_slots if fc.strategy == "disco" else 0,
         opened_per_stage=[list(e["opened"]) for e in history.of("planned")], round_seconds=round_seconds,
         seconds=time.perf_counter() - t0, releases=releases, events=counts, state=state, refusals=refusals,
-        dp=config.dp.enabled,
+        dp=config.dp.enabled, device=describe_device(ws.device),
     )
 
 
@@ -306,6 +307,7 @@ def write_simulation(result: SimulationResult, config: Config, out: Path) -> lis
         "opened_per_stage": result.opened_per_stage,
         "round_seconds": [round(s, 2) for s in result.round_seconds],
         "seconds": round(result.seconds, 1),
+        "device": result.device,
         "task_scores": [{k: round(v, 2) for k, v in row.items()} for row in result.task_scores],
         "small_cohort_releases": result.releases,
         "dp": result.dp,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..model.chat import collate_prompts, encode_prompt
+from ..model.chat import collate_prompts, encode_prompt, model_device
 from ..model.encoder import InstructionEncoder
 from ..model.slots import SlotLoRA, ssa_weights
 from .evaluate import TaskEval
@@ -45,7 +45,9 @@ def routed_answers(
         chunk = items[start : start + batch_size]
         emb = torch.as_tensor(encoder.encode([q for _, q in chunk]))
         alpha = ssa_weights(emb, token_t, temperature)
-        batch = collate_prompts([encode_prompt(processor, img, q) for img, q in chunk], tok.pad_token_id)
+        batch = collate_prompts([encode_prompt(processor, img, q) for img, q in chunk], tok.pad_token_id).to(
+            model_device(slots.model)
+        )
         with slots.routed(alpha, list(slot_ids)):
             out = slots.model.generate(
                 **batch.model_inputs(), max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,

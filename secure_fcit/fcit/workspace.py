@@ -21,7 +21,7 @@ from ..model.lora import attach_lora
 from ..model.pretrain import PretrainSpec, default_cache_dir, ensure_embedded_model
 from .evaluate import TaskEval, encode_train_records, evaluate_records
 
-__all__ = ["Workspace", "prepare_workspace", "resolve_device"]
+__all__ = ["Workspace", "prepare_workspace", "resolve_device", "describe_device"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("model.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+def describe_device(device: torch.device) -> str:
+    """What a run's wall time was measured on: the CUDA device's name, or the CPU thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 @dataclass

@@ -29,9 +29,15 @@ __all__ = [
     "collate_train",
     "collate_prompts",
     "per_sequence_loss",
+    "model_device",
 ]
 
 IGNORE_INDEX = -100
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s weights are: batches, masks and anchors are moved there before use."""
+    return next(model.parameters()).device
 
 
 def format_prompt(instruction: str, image_token: str = "<image>") -> str:
@@ -58,6 +64,15 @@ class Batch:
     attention_mask: torch.Tensor
     pixel_values: torch.Tensor
     labels: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch on ``device`` (the model's: collation builds batches on the CPU)."""
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.pixel_values.to(device),
+            None if self.labels is None else self.labels.to(device),
+        )
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {

@@ -93,7 +93,7 @@ class SlotLoRA:
             p.requires_grad_(False)
 
     def slot_vector(self, index: int) -> np.ndarray:
-        return torch.cat([p.detach().reshape(-1) for p in self._params(index)]).float().numpy().copy()
+        return torch.cat([p.detach().reshape(-1) for p in self._params(index)]).float().cpu().numpy().copy()
 
     def load_slot(self, index: int, vector: np.ndarray) -> None:
         self.ensure_slot(index)
@@ -149,11 +149,12 @@ class SlotLoRA:
         self._freeze_all()
         layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
         saved = [dict(m.scaling) for m in layers]
+        device = next(self.model.parameters()).device
         try:
             for m, base in zip(layers, saved, strict=True):
                 for j, name in enumerate(names):
                     if name in m.scaling:
-                        m.scaling[name] = alpha[:, j].view(-1, 1, 1).to(torch.float32) * base[name]
+                        m.scaling[name] = alpha[:, j].view(-1, 1, 1).to(device, torch.float32) * base[name]
             yield
         finally:
             for m, s in zip(layers, saved, strict=True):

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from .chat import EncodedSample, collate_train, per_sequence_loss
+from .chat import EncodedSample, collate_train, model_device, per_sequence_loss
 
 __all__ = ["TrainSpec", "train_steps", "warmup_linear_decay", "image_features"]
 
@@ -58,7 +58,7 @@ def image_features(model: torch.nn.Module, samples: Sequence[EncodedSample], chu
     base.eval()
     feats: list[torch.Tensor] = []
     for start in range(0, len(samples), chunk):
-        pixels = torch.stack([s.pixel_values for s in samples[start : start + chunk]])
+        pixels = torch.stack([s.pixel_values for s in samples[start : start + chunk]]).to(model_device(base))
         feats += list(base.model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output)
     base.train(was_training)
     return feats
@@ -91,6 +91,7 @@ def train_steps(
     sched = warmup_linear_decay(opt, steps, spec.warmup_frac)
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+    device = model_device(model)
     features = image_features(model, samples)
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
@@ -104,7 +105,7 @@ def train_steps(
             pos = 0
         idx = order[pos : pos + bs]
         pos += bs
-        batch = collate_train([samples[i] for i in idx], pad_id)
+        batch = collate_train([samples[i] for i in idx], pad_id).to(device)
         cached = BaseModelOutputWithPooling(pooler_output=[features[i] for i in idx])
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, mm_encoder_outputs={"image": cached})
         loss = per_sequence_loss(out.logits, batch.labels).mean()

@@ -6,20 +6,23 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from secure_fcit.cli import main
 from secure_fcit.config import config_from_dict
 from secure_fcit.errors import ConfigError
 from secure_fcit.fcit.predict import load_state, predict
 from secure_fcit.fcit.simulate import run_simulation, write_simulation
+from secure_fcit.fcit.workspace import describe_device, resolve_device
 from tests.micro import write_micro_toml
 
 
-def micro_config(model_dir, cache, strategy="disco", setting="hom", kind="task", aggregation="masking", **fcit):
+def micro_config(model_dir, cache, strategy="disco", setting="hom", kind="task", aggregation="masking",
+                 device="auto", **fcit):
     het = setting == "het"
     return config_from_dict({
         "privacy": {"aggregation": aggregation},
-        "model": {"path": str(model_dir), "cache_dir": str(cache)},
+        "model": {"path": str(model_dir), "cache_dir": str(cache), "device": device},
         "data": {"n_train": 10, "n_test": 2, "image_size": 32},
         "eval": {"batch_size": 16, "max_new_tokens": 6},
         "scenario": {"setting": setting, "kind": kind, "n_clients": 5 if het else 4,
@@ -63,7 +66,24 @@ def test_every_strategy_runs_the_stream(strategy, micro_model_dir, sim_cache, tm
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("accuracy_matrix", "last", "avg", "forgetting", "bwt", "slots_opened", "round_seconds"):
         assert key in metrics
+    assert metrics["device"] == result.device == describe_device(resolve_device("auto"))
     assert all(p.is_file() for p in written)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: run on a GPU machine")
+@pytest.mark.parametrize("strategy", ["disco", "fedprox", "ewc", "olora"])
+def test_the_stream_runs_on_cuda_and_hands_back_cpu_state(strategy, micro_model_dir, sim_cache, tmp_path):
+    # Batches, SSA weights and the baselines' anchors follow the model onto the GPU; slot vectors
+    # come back to the CPU for aggregation and saving.
+    cfg = micro_config(micro_model_dir, sim_cache, strategy, kind="cap", device="cuda")
+    result = run_simulation(cfg, progress=False, log=lambda m: None)
+    assert result.device == torch.cuda.get_device_name(0)
+    assert result.events["applied"] == 4 * cfg.fcit.rounds_per_stage
+    slots = result.state["slots"]
+    assert isinstance(slots, np.ndarray) and np.isfinite(slots).all() and np.abs(slots).sum() > 0
+    write_simulation(result, cfg, tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["device"] == result.device
 
 
 def test_saved_state_answers_prompts(micro_model_dir, sim_cache, tmp_path, disco_run):

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from secure_fcit.errors import ConfigError, ModelError
-from secure_fcit.model.chat import IGNORE_INDEX, collate_train, encode_sample, per_sequence_loss
+from secure_fcit.model.chat import IGNORE_INDEX, collate_train, encode_sample, model_device, per_sequence_loss
 from secure_fcit.model.loading import load_llava
 from secure_fcit.model.lora import attach_lora, lora_parameters
 from secure_fcit.model.pretrain import PretrainSpec, ensure_embedded_model
@@ -81,6 +81,20 @@ def test_per_sequence_loss_does_not_couple_samples(micro_model_dir):
         # The HF batch-token mean weights the long caption more than the mean of per-sequence losses.
         hf = model(**batch.model_inputs(), labels=batch.labels).loss
     assert not torch.isclose(hf, together.mean(), rtol=1e-3)
+
+
+def test_a_batch_moves_whole_to_the_models_device(micro_model_dir):
+    # Collation builds batches on the CPU; every tensor, labels included, must follow the model
+    # (on a CUDA machine a stray CPU tensor stops the first step). The meta device stands in here.
+    _, processor = load_llava(micro_model_dir)
+    batch = collate_train(_samples(processor, 2), processor.tokenizer.pad_token_id)
+    moved = batch.to("meta")
+    for name in ("input_ids", "attention_mask", "pixel_values", "labels"):
+        assert getattr(moved, name).device.type == "meta", name
+        assert getattr(moved, name).shape == getattr(batch, name).shape, name
+    assert batch.input_ids.device.type == "cpu"  # the original is left as it was
+    model = torch.nn.Linear(2, 2, device="meta")
+    assert model_device(model).type == "meta"
 
 
 def _digest(path):
