@@ -27,6 +27,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from ..errors import ConfigError
+from .chat import model_device
 from .lora import lora_target_regex
 
 __all__ = ["SlotLoRA", "ssa_weights", "slot_name"]
@@ -149,7 +150,7 @@ class SlotLoRA:
         self._freeze_all()
         layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
         saved = [dict(m.scaling) for m in layers]
-        device = next(self.model.parameters()).device
+        device = model_device(self.model)
         try:
             for m, base in zip(layers, saved, strict=True):
                 for j, name in enumerate(names):
