@@ -8,7 +8,8 @@ In Het-FCIT one group of clients learns a task in a stage, and a round draws one
 each round of that task is a single client's update (5 local epochs), and tasks return in later
 stages. This script runs the real ``Coordinator``, ``Worker`` s, learners, plaintext aggregator and
 ``DKOOrganizer`` over the stream of ``--config`` cut down to the stages and groups that learn
-``--task`` (same clients, same data splits, same local training), and scores the task after every
+``--task`` (same clients, same data splits, same local training; in a capability stream a client
+keeps only its samples of ``--task``), and scores the task after every
 applied round with SSA over the organizer's slots. Each ``--compare`` runs the same stream again
 with those config keys changed. It prints, per variant, the score after each round and each stage,
 the largest drop between two consecutive rounds, and the lowest score after the task's first
@@ -75,7 +76,8 @@ def run_variant(label: str, cfg, ws, slots, layout, encoder, stream: Scenario, o
     """Run the cut-down stream under ``cfg``; the task's score after every applied round."""
     organizer = build_organizer(cfg, encoder.dim, slots, layout)
     learners = _learners(cfg, ws, stream, slots, encoder)
-    ids = [client_id(c) for c in learners]
+    by_id = {client_id(c): learner for c, learner in learners.items()}
+    ids = list(by_id)
     aggregation = build_aggregation(cfg.privacy, ids)
     fed_id = f"het-slot-rounds-{task}"
     coordinator = Coordinator(fed_id, ScenarioSchedule(stream, client_id), aggregation.factory, organizer,
@@ -97,7 +99,7 @@ def run_variant(label: str, cfg, ws, slots, layout, encoder, stream: Scenario, o
         score = evaluate(state, [task])[task]
         starts = [e for e in coord.events if e["event"] == "round-start"]
         cohort = starts[-1]["cohort"]
-        samples = sum(learners[int(c.split("-")[1])].num_samples(event["stage"]) for c in cohort)
+        samples = sum(by_id[c].num_samples(event["stage"]) for c in cohort)
         rounds.append({"stage": original[event["stage"]], "round": event["round"], "cohort": cohort,
                        "samples": samples, "applied": event["applied"], "score": score,
                        "slots": organizer.n_slots})
@@ -167,7 +169,7 @@ def main() -> int:
     if base.scenario.setting != "het":
         raise ConfigError(f"{args.config} is a {base.scenario.setting} stream; this benchmark is about het streams")
     if base.dp.enabled:
-        raise ConfigError("run this benchmark without DP (dp.enabled = false): it measures the update rule alone")
+        raise ConfigError("run this benchmark without DP (dp.enabled = false): it measures non-private local training")
     kind = base.scenario.kind
     if args.task not in _stream_tasks(kind):
         raise ConfigError(f"unknown task {args.task!r} for the {kind} streams; one of {', '.join(_stream_tasks(kind))}")
@@ -216,4 +218,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ConfigError as exc:
+        print(f"het_slot_rounds.py: {exc}", file=sys.stderr)
+        sys.exit(2)
