@@ -32,12 +32,10 @@ from tqdm.auto import tqdm
 
 from secure_fcit.config import load_config, parse_sets
 from secure_fcit.fcit.dko import DKOOrganizer
-from secure_fcit.fcit.simulate import _stream_tasks, client_id, scenario_for
+from secure_fcit.fcit.simulate import _stream_tasks, in_memory_federation, scenario_for
 from secure_fcit.fcit.workspace import prepare_workspace
 from secure_fcit.model.encoder import load_encoder, mean_token
-from secure_fcit.protocols import Coordinator, Worker, run_federation
-from secure_fcit.protocols.factory import build_aggregation
-from secure_fcit.protocols.interfaces import ScenarioSchedule
+from secure_fcit.protocols import run_federation
 
 SETTINGS = ("hom-task", "het-task", "hom-cap", "het-cap")
 
@@ -75,14 +73,9 @@ def slots_of_stream(config, ws, encoder) -> dict:
             ]
     dko = replace(config.fcit.dko(config.privacy.aggregation), max_slots=config.fcit.max_slots)
     organizer = DKOOrganizer(encoder.dim, 1, dko, slot_init=lambda s: np.zeros(1, np.float32))
-    ids = [client_id(c) for c in sorted(instructions)]
-    aggregation = build_aggregation(config.privacy, ids)
+    learners = {c: TokenOnlyLearner(encoder, instructions[c]) for c in sorted(instructions)}
     fed_id = f"dko-{config.scenario.setting}-{config.scenario.kind}"
-    coordinator = Coordinator(fed_id, ScenarioSchedule(scenario, client_id), aggregation.factory, organizer,
-                              organizer.slot_size, config.fcit.rounds_per_stage,
-                              np.random.default_rng(config.seed), dp=False)
-    workers = [Worker(fed_id, client_id(c), TokenOnlyLearner(encoder, instructions[c]), aggregation.clients[client_id(c)])
-               for c in sorted(instructions)]
+    coordinator, workers, _ = in_memory_federation(config, fed_id, scenario, organizer, learners)
     history = run_federation(coordinator, workers)
     opened = [list(e["opened"]) for e in history.of("planned")]
     # What each stage brings that is new: a task (task streams) or a capability group (cap streams)

@@ -40,14 +40,13 @@ from secure_fcit.fcit.simulate import (
     build_slots,
     client_id,
     global_state,
+    in_memory_federation,
     scenario_for,
     slot_layout,
 )
 from secure_fcit.fcit.workspace import prepare_workspace
 from secure_fcit.model.encoder import load_encoder
-from secure_fcit.protocols import Coordinator, Worker, run_federation
-from secure_fcit.protocols.factory import build_aggregation
-from secure_fcit.protocols.interfaces import ScenarioSchedule
+from secure_fcit.protocols import Coordinator, run_federation
 
 
 def task_stream(scenario: Scenario, task: str) -> tuple[Scenario, list[int]]:
@@ -77,14 +76,7 @@ def run_variant(label: str, cfg, ws, slots, layout, encoder, stream: Scenario, o
     organizer = build_organizer(cfg, encoder.dim, slots, layout)
     learners = _learners(cfg, ws, stream, slots, encoder)
     by_id = {client_id(c): learner for c, learner in learners.items()}
-    ids = list(by_id)
-    aggregation = build_aggregation(cfg.privacy, ids)
-    fed_id = f"het-slot-rounds-{task}"
-    coordinator = Coordinator(fed_id, ScenarioSchedule(stream, client_id), aggregation.factory, organizer,
-                              organizer.slot_size, cfg.fcit.rounds_per_stage, np.random.default_rng(cfg.seed),
-                              dp=False)
-    workers = [Worker(fed_id, client_id(c), learner, aggregation.clients[client_id(c)])
-               for c, learner in learners.items()]
+    coordinator, workers, _ = in_memory_federation(cfg, f"het-slot-rounds-{task}", stream, organizer, learners)
     evaluate = _evaluator(cfg, ws, slots, encoder)
     rounds: list[dict] = []
     bar = tqdm(total=len(stream.stages) * cfg.fcit.rounds_per_stage, desc=label, unit="round",

@@ -47,6 +47,7 @@ from .workspace import Workspace, describe_device, prepare_workspace
 __all__ = [
     "SimulationResult", "run_simulation", "write_simulation", "scenario_for", "slot_layout",
     "build_slots", "global_state", "build_learner", "build_organizer", "client_id", "write_state",
+    "in_memory_federation",
 ]
 
 
@@ -159,6 +160,21 @@ def _learners(config: Config, ws: Workspace, scenario: Scenario, slots: SlotLoRA
     }
 
 
+def in_memory_federation(config: Config, fed_id: str, scenario: Scenario, organizer, learners: dict[int, Any],
+                         decryption_log: Path | None = None):
+    """The Coordinator and one Worker per learner (keyed by client index) over ``scenario``, with
+    the configured aggregation; returns (coordinator, workers, aggregation) for ``run_federation``."""
+    aggregation = build_aggregation(config.privacy, [client_id(c) for c in learners], decryption_log=decryption_log)
+    coordinator = Coordinator(
+        fed_id, ScenarioSchedule(scenario, client_id), aggregation.factory,
+        organizer, organizer.slot_size, config.fcit.rounds_per_stage, np.random.default_rng(config.seed),
+        dp=config.dp.enabled,
+    )
+    workers = [Worker(fed_id, client_id(c), learner, aggregation.clients[client_id(c)])
+               for c, learner in learners.items()]
+    return coordinator, workers, aggregation
+
+
 def client_id(client: int) -> str:
     """The wire id of simulation client ``client``: ``client-007``."""
     return f"client-{client:03d}"
@@ -217,17 +233,10 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
     organizer = build_organizer(config, encoder.dim, slots, layout)
     learners = _learners(config, ws, scenario, slots, encoder, privacy_dir, noise_prg)
     fed_id = f"sim-{sc.setting}-{sc.kind}-{fc.strategy}"
-    aggregation = build_aggregation(
-        config.privacy, [client_id(c) for c in learners],
+    coordinator, workers, aggregation = in_memory_federation(
+        config, fed_id, scenario, organizer, learners,
         decryption_log=decryption_log or (None if privacy_dir is None else privacy_dir / "decryptions.jsonl"),
     )
-    coordinator = Coordinator(
-        fed_id, ScenarioSchedule(scenario, client_id), aggregation.factory,
-        organizer, organizer.slot_size, fc.rounds_per_stage, np.random.default_rng(config.seed),
-        dp=config.dp.enabled,
-    )
-    workers = [Worker(fed_id, client_id(c), learner, aggregation.clients[client_id(c)])
-               for c, learner in learners.items()]
     evaluate = _evaluator(config, ws, slots, encoder)
     stage_tasks = [list(stage.tasks) for stage in scenario.stages]
     matrix: list[list[float | None]] = []
