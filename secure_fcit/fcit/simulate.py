@@ -31,6 +31,7 @@ from ..data.tasks import get_task
 from ..dp.client import ClientPrivacy, planned_rounds
 from ..errors import ConfigError
 from ..model.encoder import load_encoder
+from ..model.loading import weights_sha256
 from ..model.slots import SlotLoRA
 from ..model.train import TrainSpec
 from ..protocols import Coordinator, Worker, run_federation
@@ -72,6 +73,7 @@ class SimulationResult:
     refusals: list[dict[str, Any]] = field(default_factory=list)  # who declined which round, and why
     dp: bool = False
     device: str = "cpu"  # where the model ran: "cpu (N threads)" or the CUDA device's name
+    model_sha256: str = ""  # the base model's weights (model.loading.weights_sha256)
 
 
 def scenario_for(config: Config, ws: Workspace) -> Scenario:
@@ -294,7 +296,7 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
         slots_opened=organizer.n_slots if fc.strategy == "disco" else 0,
         opened_per_stage=[list(e["opened"]) for e in history.of("planned")], round_seconds=round_seconds,
         seconds=time.perf_counter() - t0, releases=releases, events=counts, state=state, refusals=refusals,
-        dp=config.dp.enabled, device=describe_device(ws.device),
+        dp=config.dp.enabled, device=describe_device(ws.device), model_sha256=weights_sha256(ws.model_dir),
     )
 
 
@@ -317,6 +319,7 @@ def write_simulation(result: SimulationResult, config: Config, out: Path) -> lis
         "round_seconds": [round(s, 2) for s in result.round_seconds],
         "seconds": round(result.seconds, 1),
         "device": result.device,
+        "model_sha256": result.model_sha256,
         "task_scores": [{k: round(v, 2) for k, v in row.items()} for row in result.task_scores],
         "small_cohort_releases": result.releases,
         "dp": result.dp,

@@ -5,6 +5,7 @@ No network: ``local_files_only=True``. Weights are safetensors; nothing is unpic
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -14,9 +15,28 @@ from transformers import LlavaForConditionalGeneration, LlavaProcessor
 from ..errors import ModelError
 from .tiny import ATTN_IMPLEMENTATION
 
-__all__ = ["load_llava", "freeze"]
+__all__ = ["load_llava", "freeze", "weights_sha256"]
 
 log = logging.getLogger(__name__)
+
+
+def weights_sha256(path: str | Path) -> str:
+    """SHA-256 over a model directory's ``*.safetensors`` files (names and bytes, in name order).
+
+    Results record it. The embedded build is deterministic on one machine (tested), but nothing
+    checks it across machines: the same seed and spec built elsewhere may give other weights.
+    """
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{path}: no *.safetensors weights to fingerprint")
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_llava(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):

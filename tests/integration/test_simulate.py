@@ -14,6 +14,7 @@ from secure_fcit.errors import ConfigError
 from secure_fcit.fcit.predict import load_state, predict
 from secure_fcit.fcit.simulate import run_simulation, write_simulation
 from secure_fcit.fcit.workspace import describe_device, resolve_device
+from secure_fcit.model.loading import weights_sha256
 from tests.micro import write_micro_toml
 
 
@@ -67,6 +68,7 @@ def test_every_strategy_runs_the_stream(strategy, micro_model_dir, sim_cache, tm
     for key in ("accuracy_matrix", "last", "avg", "forgetting", "bwt", "slots_opened", "round_seconds"):
         assert key in metrics
     assert metrics["device"] == result.device == describe_device(resolve_device("auto"))
+    assert metrics["model_sha256"] == weights_sha256(micro_model_dir)
     assert all(p.is_file() for p in written)
 
 

@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 from PIL import Image
 
 from secure_fcit.errors import ConfigError, ModelError
 from secure_fcit.model.chat import IGNORE_INDEX, collate_train, encode_sample, model_device, per_sequence_loss
-from secure_fcit.model.loading import load_llava
+from secure_fcit.model.loading import load_llava, weights_sha256
 from secure_fcit.model.lora import attach_lora, lora_parameters
 from secure_fcit.model.pretrain import PretrainSpec, ensure_embedded_model
 from secure_fcit.model.tokenizer import train_tokenizer
@@ -97,25 +95,34 @@ def test_a_batch_moves_whole_to_the_models_device(micro_model_dir):
     assert model_device(model).type == "meta"
 
 
-def _digest(path):
-    h = hashlib.sha256()
-    for f in sorted(path.glob("*.safetensors")):
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def test_pretraining_is_deterministic(tmp_path, micro_spec, micro_model_dir):
     again = ensure_embedded_model(
         tmp_path, spec=micro_spec, pretrain=PretrainSpec(steps=8, batch_size=8, n_examples=64, vision_steps=4, vision_batch_size=8), seed=0,
         progress=False,
     )
     assert again != micro_model_dir
-    assert _digest(again) == _digest(micro_model_dir)
+    assert weights_sha256(again) == weights_sha256(micro_model_dir)
     other = ensure_embedded_model(
         tmp_path, spec=micro_spec, pretrain=PretrainSpec(steps=8, batch_size=8, n_examples=64, vision_steps=4, vision_batch_size=8), seed=1,
         progress=False,
     )
-    assert _digest(other) != _digest(micro_model_dir)
+    assert weights_sha256(other) != weights_sha256(micro_model_dir)
+
+
+def test_the_weights_fingerprint_follows_every_byte_and_names_a_directory_without_weights(tmp_path, micro_model_dir):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(micro_model_dir, copy)
+    digest = weights_sha256(micro_model_dir)
+    assert weights_sha256(copy) == digest and len(digest) == 64
+    weights = next(copy.glob("*.safetensors"))
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 1
+    weights.write_bytes(bytes(blob))
+    assert weights_sha256(copy) != digest
+    with pytest.raises(ModelError, match="no \\*.safetensors"):
+        weights_sha256(tmp_path)
 
 
 def test_cached_build_is_reused(micro_spec, micro_model_dir):
