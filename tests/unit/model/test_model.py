@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from PIL import Image
@@ -110,8 +112,6 @@ def test_pretraining_is_deterministic(tmp_path, micro_spec, micro_model_dir):
 
 
 def test_the_weights_fingerprint_follows_every_byte_and_names_a_directory_without_weights(tmp_path, micro_model_dir):
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(micro_model_dir, copy)
     digest = weights_sha256(micro_model_dir)
