@@ -245,7 +245,10 @@ def test_server_killed_after_a_round_resumes_at_the_next_with_identical_results(
 
 def test_a_killed_and_a_stalled_client_are_dropped_and_every_round_completes(prepared, federation):
     rounds = 6
-    fed = federation(phase_timeout=8.0, rounds=rounds)
+    # The phase timer cannot tell a stalled peer from an honest one still training: it must exceed
+    # an honest round. Rounds here take 2-9 s when two other CPU-bound jobs share 2 cores; at 8 s,
+    # runs on a more loaded machine skipped a round (both tries aborted), so 20 s.
+    fed = federation(phase_timeout=20.0, rounds=rounds)
     fed.start_server()
     for client in CLIENTS:
         fed.start_client(client)
@@ -279,12 +282,13 @@ def test_a_killed_and_a_stalled_client_are_dropped_and_every_round_completes(pre
         fed.clients["client-002"].send_signal(signal.SIGCONT)
     events = fed.events()
     applied_rounds = [(e["stage"], e["round"]) for e in events if e["event"] == "applied"]
-    assert sorted(applied_rounds) == [(s, r) for s in range(STAGES) for r in range(rounds)], applied_rounds
-    assert not [e for e in events if e["event"] == "aborted"]
+    aborted = [(e["stage"], e["round"], e["reason"]) for e in events if e["event"] == "aborted"]
+    assert sorted(applied_rounds) == [(s, r) for s in range(STAGES) for r in range(rounds)], (applied_rounds, aborted)
+    assert not aborted
     drops = [e for e in events if e["event"] == "drop" and e.get("in_phase")]
     assert any(e["peer"] == "client-001" and e["reason"] == "connection lost" for e in drops)
     assert any(e["peer"] == "client-002" and "no answer within" in e["reason"] for e in drops)
-    assert "phase timeout: no answer from client-002" in fed.log("server")
+    assert "phase timeout: no answer from client-002 within 20 s" in fed.log("server")
 
 
 # ---------------------------------------------------------------- hostile frames
