@@ -98,7 +98,17 @@ def _simulate_and_report(cfg, out: Path, progress: bool, quiet: bool) -> int:
               f"{r['max_epsilon_rdp']:.3f} / PRV {r['max_epsilon_prv']:.3f} (cap {cfg.dp.epsilon:g}), "
               f"over budget: {len(r['over_budget'])}, mismatches: {r['mismatches']}")
     print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+    return report_shortfalls(result.shortfalls)
+
+
+def report_shortfalls(shortfalls: list[str]) -> int:
+    """0 for a complete stream; else the reasons on stderr and exit status 3."""
+    if not shortfalls:
+        return 0
+    print(f"the stream fell short ({len(shortfalls)} problem(s)):", file=sys.stderr)
+    for line in shortfalls:
+        print(f"  - {line}", file=sys.stderr)
+    return 3
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -161,6 +171,17 @@ def _cmd_certs_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_certs_revoke(args: argparse.Namespace) -> int:
+    from .crypto.certs import revoke_client
+
+    for client in args.client:
+        crl = revoke_client(args.out, client, args.publish)
+        print(f"revoked {client}: {crl}" + (f" (published to {', '.join(args.publish)})" if args.publish else ""))
+    if not args.publish:
+        print("copy crl.pem into the server's and every site's certificate folder (or use --publish)")
+    return 0
+
+
 def _cmd_certs_issue(args: argparse.Namespace) -> int:
     from .crypto.certs import issue_client
 
@@ -195,6 +216,17 @@ def _cmd_keys_init(args: argparse.Namespace) -> int:
     print(f"public context (coordinator; no secret, Galois or relinearization keys): {public} "
           f"({public.stat().st_size} bytes)")
     print(f"set privacy.ckks_keys = \"{Path(args.out)}\" for the simulation")
+    return 0
+
+
+def _cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from .protocols.ckks import rotate_keys
+
+    secret, public = rotate_keys(args.dir, stage=args.stage)
+    print(f"new secret context (clients only, mode 0600): {secret}; the old one was overwritten and unlinked")
+    print(f"new public context (coordinator): {public}")
+    print("hand the new secret context to the members that remain, over the enrolment channel; each "
+          "client's old key file must be replaced (a departed member's file opens nothing encrypted from now on)")
     return 0
 
 
@@ -284,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
         "init", help="create the secret context for clients (0600) and the public context for the coordinator")
     init.add_argument("--out", required=True, help="folder for ckks-secret.ctx and ckks-public.ctx (refuses to overwrite)")
     init.set_defaults(func=_cmd_keys_init)
+    rotate = keys_sub.add_parser(
+        "rotate", help="a fresh key chain: new secret and public contexts; the old secret context is destroyed")
+    rotate.add_argument("--dir", required=True, help="the folder of keys init (holds ckks-secret.ctx)")
+    rotate.add_argument("--stage", type=int, default=0,
+                        help="the first stage the new chain encrypts (its key is this stage's; earlier ones unreachable)")
+    rotate.set_defaults(func=_cmd_keys_rotate)
 
     certs = sub.add_parser("certs", help="federation certificates for mutual TLS (CA, server, clients)")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)
@@ -297,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     cissue.add_argument("--out", required=True, help="the certificate folder of `certs init`")
     cissue.add_argument("--client", action="append", required=True, help="client id (repeatable)")
     cissue.set_defaults(func=_cmd_certs_issue)
+    crevoke = certs_sub.add_parser(
+        "revoke", help="revoke a client certificate: add it to the federation CRL (crl.pem) signed by the CA key")
+    crevoke.add_argument("--out", required=True, help="the certificate folder of `certs init` (holds ca.key)")
+    crevoke.add_argument("--client", action="append", required=True, help="client id to revoke (repeatable)")
+    crevoke.add_argument("--publish", action="append", default=[], metavar="FOLDER",
+                         help="also copy crl.pem into this certificate folder, e.g. FED/server-certs and each "
+                              "FED/clients/<id>/certs (repeatable); the server refuses the client at its next connect")
+    crevoke.set_defaults(func=_cmd_certs_revoke)
 
     dep = sub.add_parser("deploy", help="prepare a federation folder for `python -m secure_fcit.server` / `.client`")
     dep_sub = dep.add_subparsers(dest="deploy_command", required=True)

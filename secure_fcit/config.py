@@ -247,19 +247,37 @@ class PrivacyConfig:
     bound: float = 32768.0
     #: Masking: the fewest fractional bits a round may use; larger cohorts are refused.
     min_frac_bits: int = 8
+    #: Every client's own floor: it refuses to contribute to a cohort smaller than this, whatever
+    #: the coordinator asks (a cohort of a target and a colluder would give the target's input).
+    min_cohort: int = 5
+    #: Masking: c, the most clients assumed to collude with a malicious coordinator; every
+    #: neighbourhood N needs t > (|N| + c)/2 (a split view would otherwise rebuild both secrets).
+    colluders: int = 1
+    #: The highest attempt number a client accepts for one phase (retries and coordinator
+    #: restarts); a coordinator re-running a phase more often is refused.
+    max_attempt: int = 4
     #: CKKS: folder of ``keys init`` (``ckks-secret.ctx`` for clients, ``ckks-public.ctx`` for the
     #: coordinator); empty = the simulation makes a fresh pair in memory.
     ckks_keys: str = ""
-    #: CKKS: the decryptor refuses aggregates of fewer contributions.
-    ckks_k_min: int = 2
+    #: CKKS: every client refuses to confirm or decrypt a sum of fewer contributions (its own
+    #: floor; with 2, a cohort of a target and a colluder would give the target's input).
+    ckks_k_min: int = 5
     #: CKKS: decryption noise flooding, std = 2^bits x the estimated CKKS error.
     ckks_flood_bits: int = 2
+    #: CKKS: every contributed value must satisfy |x| <= ckks_bound (a client refuses to encrypt
+    #: more); bound x the largest cohort must stay within the plaintext range, 370727, or the sum
+    #: would wrap around silently: refused at load.
+    ckks_bound: float = 4096.0
 
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(
                 f"privacy.aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}"
             )
+        if self.min_cohort < 2:
+            raise ConfigError(f"privacy.min_cohort must be >= 2, got {self.min_cohort}")
+        if not 0 <= self.max_attempt <= 100:
+            raise ConfigError(f"privacy.max_attempt must be in 0..100, got {self.max_attempt}")
         self.masking()
         self.ckks()
 
@@ -268,13 +286,13 @@ class PrivacyConfig:
         from .protocols.secagg import MaskingParams
 
         return MaskingParams(threshold=self.threshold, degree=self.degree, bound=self.bound,
-                             min_frac_bits=self.min_frac_bits)
+                             min_frac_bits=self.min_frac_bits, colluders=self.colluders)
 
     def ckks(self):
         """The ``protocols.ckks.CKKSParams`` of these settings."""
         from .protocols.ckks import CKKSParams
 
-        return CKKSParams(k_min=self.ckks_k_min, flood_bits=self.ckks_flood_bits)
+        return CKKSParams(k_min=self.ckks_k_min, flood_bits=self.ckks_flood_bits, bound=self.ckks_bound)
 
 
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
@@ -338,17 +356,33 @@ class DeployConfig:
     backoff_max: float = 30.0
     #: seconds a client keeps trying to reach the server before it gives up (0 = forever).
     give_up_after: float = 0.0
+    #: seconds a new TLS connection has to complete its hello (4 KiB at most); then it is cut off.
+    hello_timeout: float = 10.0
+    #: connections one certificate (or address) may open per ``connect_window`` seconds.
+    connect_rate: int = 30
+    connect_window: float = 60.0
+    #: seconds of silence before TCP keepalive probes check that a connected peer is still there.
+    keepalive: float = 60.0
+    #: frames queued for one peer before it is cut off as a reader too slow to keep up.
+    send_queue: int = 256
+    #: the server's checkpoint MAC key file (HMAC-SHA256, 0600; created if missing). Empty:
+    #: ``<state>/checkpoint.key``, beside (never inside) ``<state>/checkpoints``.
+    checkpoint_key: str = ""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"deploy.port must be in 1..65535, got {self.port}")
         if self.max_message_size < 1024:
             raise ConfigError(f"deploy.max_message_size must be >= 1024 bytes, got {self.max_message_size}")
-        for name in ("read_timeout", "phase_timeout", "join_timeout", "backoff_max"):
+        for name in ("read_timeout", "phase_timeout", "join_timeout", "backoff_max", "hello_timeout",
+                     "connect_window", "keepalive"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"deploy.{name} must be > 0 seconds, got {getattr(self, name)}")
         if self.min_clients < 0 or self.give_up_after < 0:
             raise ConfigError("deploy.min_clients and deploy.give_up_after must be >= 0")
+        for name in ("connect_rate", "send_queue"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"deploy.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -373,16 +407,31 @@ class Config:
                 f"fcit.k_min ({fc.k_min}) exceeds scenario.clients_per_round ({sc.clients_per_round}): "
                 "no round could ever release a slot"
             )
+        if self.privacy.aggregation != "plaintext" and self.privacy.min_cohort > sc.clients_per_round:
+            raise ConfigError(
+                f"privacy.min_cohort ({self.privacy.min_cohort}) exceeds scenario.clients_per_round "
+                f"({sc.clients_per_round}): every client would refuse every round"
+            )
         if self.privacy.aggregation == "masking":
+            masking = self.privacy.masking()
             try:  # the largest sum: a stage's token phase over every client
-                self.privacy.masking().check_cohort(sc.n_clients)
+                masking.check_cohort(sc.n_clients)
             except ConfigError as exc:
                 raise ConfigError(f"privacy: {exc}") from None
+            if masking.degree == 0:  # complete graph: every cohort size a round can have
+                for n in range(self.privacy.min_cohort, sc.clients_per_round + 1):
+                    if (why := masking.unsafe(n)) is not None:
+                        raise ConfigError(f"privacy: {why}")
         if self.privacy.aggregation == "ckks" and sc.clients_per_round < self.privacy.ckks_k_min:
             raise ConfigError(
                 f"privacy.ckks_k_min ({self.privacy.ckks_k_min}) exceeds scenario.clients_per_round "
                 f"({sc.clients_per_round}): no round could be decrypted"
             )
+        if self.privacy.aggregation == "ckks":
+            try:  # the largest sum: a stage's token phase over every client
+                self.privacy.ckks().check_cohort(sc.n_clients)
+            except ConfigError as exc:
+                raise ConfigError(f"privacy (scenario.n_clients = {sc.n_clients}): {exc}") from None
         self.fcit.dko(self.privacy.aggregation)
         units = 8 if sc.kind == "task" else 4
         units = min(units, sc.max_stages) if sc.max_stages else units

@@ -8,6 +8,10 @@ phase to stderr and ``<state>/events.jsonl``, checkpoints after every completed 
 from the last checkpoint when started again on the same ``--state``. At the end it writes the
 trained global state to ``<state>/result/state/`` (for ``python -m secure_fcit predict``) and, with
 ``--eval``, the accuracy matrix (``metrics.json``, ``metrics.md``, ``accuracy_matrix.png``).
+
+Exit status: 0 when every stage and round was trained; 3 when the stream fell short (a stage or
+round skipped, or nothing trained at all), with each skipped step and its abort reasons on stderr
+and in ``metrics.json`` (``shortfalls``); 2 for a configuration error.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .cli import report_shortfalls
     from .config import load_config, parse_sets
     from .deploy.roster import load_roster
     from .deploy.server import FederationServer
@@ -75,13 +80,14 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.state) / "result"
     written = write_state(summary["state"], config, out / "state")
     written += _write_metrics(summary, config, roster, out)
-    print(f"federation {summary['federation_id']}: done; slots {summary['slots_opened']}, events "
+    done = "done" if not summary["shortfalls"] else "ended with skipped steps"
+    print(f"federation {summary['federation_id']}: {done}; slots {summary['slots_opened']}, events "
           + ", ".join(f"{k} {v}" for k, v in sorted(summary["events"].items())))
     if summary["summary"]:
         s = summary["summary"]
         print(f"Last {s['last']:.2f}  Avg {s['avg']:.2f}  Forgetting {s['forgetting']:.2f}  BWT {s['bwt']:.2f}")
     print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+    return report_shortfalls(summary["shortfalls"])
 
 
 def _write_metrics(summary: dict, config, roster, out: Path) -> list[Path]:
@@ -102,6 +108,7 @@ def _write_metrics(summary: dict, config, roster, out: Path) -> list[Path]:
         "events": summary["events"],
         "small_cohort_releases": summary["releases"],
         "connections_cut_off": summary["cut_off"],
+        "shortfalls": summary["shortfalls"],
         "aggregation": config.privacy.aggregation,
         "dp": config.dp.enabled,
     }

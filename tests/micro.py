@@ -33,5 +33,8 @@ tau = 0.5
 n_buckets = 2
 k_min = 1
 min_open_samples = 1
-{extra}""")
+{extra}
+[privacy]
+min_cohort = 2  # the micro stream's rounds have 2 clients (shipped configs: 5)
+""")
     return path

@@ -6,6 +6,12 @@ with its host names and IP addresses as subject alternative names; ``certs issue
 --client ID`` adds ``clients/ID.pem`` and ``clients/ID.key``. A client's identity is the common
 name of its certificate subject. Keys are Ed25519, written with mode 0600 and refused at load when
 group- or world-readable; nothing is overwritten.
+
+``certs revoke --out DIR --client ID`` removes a compromised site: it adds the serial of
+``clients/ID.pem`` to the federation's revocation list ``DIR/crl.pem`` (signed by the CA key; the
+list only grows). Copy ``crl.pem`` into the server's and every site's certificate folder (``certs
+revoke --publish FOLDER``): the server refuses a revoked client at its next connection, with a
+logged reason, and clients refuse a revoked server certificate.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +34,10 @@ from ..protocols.messages import check_id
 
 __all__ = [
     "CertPaths", "init_federation", "issue_client", "load_private_key", "subject_id", "client_directory",
-    "write_bundles", "refuse_foreign_keys",
+    "write_bundles", "refuse_foreign_keys", "CRL_FILE", "revoke_client", "load_revoked",
 ]
+
+CRL_FILE = "crl.pem"
 
 _VALIDITY_DAYS = 825
 
@@ -224,12 +233,17 @@ def write_bundles(pki: str | Path, server_out: str | Path, site_outs: dict[str, 
     _copy(pki / "server.key", server_out / "server.key", secret=True)
     for cert in certs:
         _copy(cert, server_out / "clients" / cert.name, secret=False)
+    crl = [pki / CRL_FILE] if (pki / CRL_FILE).is_file() else []
+    for extra in crl:
+        _copy(extra, server_out / extra.name, secret=False)
     for client, out in site_outs.items():
         out = Path(out)
         _copy(pki / "ca.pem", out / "ca.pem", secret=False)
         for cert in certs:
             _copy(cert, out / "clients" / cert.name, secret=False)
         _copy(pki / "clients" / f"{client}.key", out / "clients" / f"{client}.key", secret=True)
+        for extra in crl:
+            _copy(extra, out / extra.name, secret=False)
 
 
 def refuse_foreign_keys(directory: str | Path, own: str | None) -> None:
@@ -245,3 +259,59 @@ def refuse_foreign_keys(directory: str | Path, own: str | None) -> None:
             "could act as other clients. Give it its own bundle from `python -m secure_fcit deploy prepare` "
             "(FED/server-certs, FED/clients/<id>/certs) and keep ca.key offline"
         )
+
+
+def revoke_client(directory: str | Path, client_id: str, publish: Sequence[str | Path] = ()) -> Path:
+    """Add ``clients/<client_id>.pem`` of ``directory`` to the federation CRL ``directory/crl.pem``.
+
+    The list is re-signed by the CA key with every serial it held before plus this one, and copied
+    into each folder of ``publish`` (the server's and the sites' certificate folders)."""
+    check_id("client id", client_id)
+    out = Path(directory)
+    ca_cert, ca_key = _ca(out)
+    cert_path = out / "clients" / f"{client_id}.pem"
+    if not cert_path.is_file():
+        raise ConfigError(f"{cert_path} does not exist: no certificate of {client_id!r} to revoke")
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ConfigError(f"{cert_path} is not signed by the federation CA") from None
+    crl_path = out / CRL_FILE
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=_VALIDITY_DAYS))
+    )
+    serials = load_revoked(crl_path, out / "ca.pem") if crl_path.is_file() else frozenset()
+    for serial in sorted(serials | {cert.serial_number}):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
+    data = builder.sign(ca_key, algorithm=None).public_bytes(serialization.Encoding.PEM)
+    tmp = crl_path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, crl_path)
+    for folder in publish:
+        target = Path(folder)
+        if not (target / "ca.pem").is_file():
+            raise ConfigError(f"{target} is not a certificate folder (no ca.pem) to publish the CRL to")
+        (target / CRL_FILE).write_bytes(data)
+    return crl_path
+
+
+def load_revoked(crl_path: str | Path, ca_path: str | Path) -> frozenset[int]:
+    """The serial numbers ``crl_path`` revokes; refused unless the federation CA ``ca_path`` signed it."""
+    crl_path = Path(crl_path)
+    try:
+        crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+        ca_cert = x509.load_pem_x509_certificate(Path(ca_path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"revocation list {crl_path} cannot be read: {exc}") from None
+    if crl.issuer != ca_cert.subject or not crl.is_signature_valid(ca_cert.public_key()):
+        raise ConfigError(f"revocation list {crl_path} is not signed by the federation CA {ca_path}")
+    if crl.next_update_utc is not None and crl.next_update_utc < dt.datetime.now(dt.UTC):
+        raise ConfigError(f"revocation list {crl_path} expired on {crl.next_update_utc:%Y-%m-%d}; "
+                          "re-sign it with `certs revoke`")
+    return frozenset(r.serial_number for r in crl)

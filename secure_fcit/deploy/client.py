@@ -35,6 +35,7 @@ from ..protocols.codec import encode
 from ..protocols.tls import client_context, connect
 from ..protocols.worker import Worker
 from .common import CertFolder, client_aggregation, model_dir_for, n_stages_for, parse_control
+from .gate import set_keepalive
 from .roster import stage_dir
 
 __all__ = ["FederationClient", "load_client_data"]
@@ -71,7 +72,16 @@ def _snapshot_json(snap: dict[str, Any]) -> dict[str, Any]:
         "n_samples": snap["n_samples"],
         "slots": [[s, r, slot] for (s, r), slot in snap["slots"].items()],
         "started": None if snap.get("started") is None else list(snap["started"]),
+        "released": _released_json(snap.get("released", {})),
     }
+
+
+def _released_json(released: dict[tuple[int, int, str], int]) -> list[list[Any]]:
+    return [[s, r, phase, attempt] for (s, r, phase), attempt in sorted(released.items())]
+
+
+def _released_from_json(raw: list[list[Any]]) -> dict[tuple[int, int, str], int]:
+    return {(int(s), int(r), str(phase)): int(attempt) for s, r, phase, attempt in raw}
 
 
 def _snapshot_from_json(raw: dict[str, Any]) -> dict[str, Any]:
@@ -86,6 +96,7 @@ def _snapshot_from_json(raw: dict[str, Any]) -> dict[str, Any]:
         "n_samples": int(raw["n_samples"]),
         "slots": {(int(s), int(r)): int(slot) for s, r, slot in raw["slots"]},
         "started": None if raw.get("started") is None else tuple(raw["started"]),
+        "released": _released_from_json(raw.get("released", [])),
     }
 
 
@@ -111,7 +122,7 @@ class FederationClient:
         if not cert.is_file() or not key.is_file():
             raise ConfigError(f"no certificate for {client_id!r} in {self.certs.root} "
                               f"(run `python -m secure_fcit certs issue --client {client_id}`)")
-        self._tls = client_context(self.certs.ca, cert, key)
+        self._tls = client_context(self.certs.ca, cert, key, crl=self.certs.crl)
         n_stages = n_stages_for(config)
         # Every peer's identity key, each certificate checked against the federation CA: the
         # coordinator cannot substitute a key it controls.
@@ -128,8 +139,8 @@ class FederationClient:
         self.learner = build_learner(config, client_id, slots, encoder, samples, instructions,
                                      processor.tokenizer.pad_token_id, planned_rounds(config, n_stages),
                                      self.state_dir / "privacy", noise_prg)
-        self.worker = Worker(self.federation_id, client_id, self.learner, aggregator,
-                             max_message_size=config.deploy.max_message_size)
+        self._released_path = self.state_dir / "released.json"
+        self.worker = self._new_worker(aggregator)
         self._snapshot_path = self.state_dir / "worker.json"
         self._boundary = self.worker.snapshot()
         if self._snapshot_path.is_file():
@@ -141,6 +152,8 @@ class FederationClient:
         self._started_path = self.state_dir / "started.json"
         if self._started_path.is_file():
             self.worker.mark_started(tuple(json.loads(self._started_path.read_text())["started"]))
+        if self._released_path.is_file():  # a release outlives any snapshot: never send an input twice
+            self.worker.restore_released(_released_from_json(json.loads(self._released_path.read_text())))
         self.rounds_trained = 0
         self.refusals: list[str] = []
 
@@ -156,10 +169,19 @@ class FederationClient:
     def _rewind(self) -> None:
         """Back to the last boundary: the server dropped us from whatever phase was in flight."""
         started = self.worker.started  # in memory what started.json holds: never begin a sum twice
-        self.worker = Worker(self.federation_id, self.client_id, self.learner, self.worker.aggregator,
-                             max_message_size=self.config.deploy.max_message_size)
+        released = dict(self.worker.released)
+        self.worker = self._new_worker(self.worker.aggregator)
         self.worker.restore(self._boundary)
         self.worker.mark_started(started)
+        self.worker.restore_released(released)
+
+    def _new_worker(self, aggregator) -> Worker:
+        from ..fcit.simulate import worker_options
+
+        return Worker(self.federation_id, self.client_id, self.learner, aggregator,
+                      max_message_size=self.config.deploy.max_message_size,
+                      on_release=lambda released: atomic_write_json(self._released_path, _released_json(released)),
+                      **worker_options(self.config))
 
     async def run(self) -> int:
         """Serve rounds until the server says the stream is finished; 0 then, 1 when it gave up."""
@@ -184,6 +206,7 @@ class FederationClient:
                 delay = min(delay * 2, d.backoff_max)
                 continue
             self.log(f"connected to {d.host}:{d.port}")
+            set_keepalive(conn.writer, d.keepalive)
             delay, started = 0.5, time.monotonic()
             finished = await self._session(conn)
             await conn.close()
@@ -205,7 +228,10 @@ class FederationClient:
                 return False
             control = parse_control(data)
             if control is not None:
-                return control.get("bye") == "finished"
+                if control.get("bye") == "finished":
+                    return True
+                self.log(f"the server ended the session: {str(control.get('bye', control))[:300]}; reconnecting")
+                return False
             started = self.worker.started
             try:
                 replies = await asyncio.to_thread(self.worker.receive_bytes, data)

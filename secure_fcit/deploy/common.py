@@ -3,7 +3,8 @@ and the one control frame outside the message codec.
 
 Control frame: the server's last frame on a connection may be ``b"\\0\\0\\0\\0" + JSON`` (a codec
 frame never starts with a zero header length), e.g. ``{"bye": "finished"}`` when the stream is
-over, so a client can tell "done" from "server lost".
+over, so a client can tell "done" from "server lost". Its JSON is depth-checked before parsing
+(``codec.check_nesting``): a malicious server cannot crash a client with a nesting bomb.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from ..config import Config
-from ..errors import ConfigError
+from ..errors import ConfigError, RemoteProtocolError
 from ..protocols.aggregation import ClientAggregator, SecureAggregator
+from ..protocols.codec import check_nesting
 
 __all__ = [
     "CertFolder", "model_dir_for", "n_stages_for", "server_aggregation", "client_aggregation",
@@ -65,6 +67,17 @@ class CertFolder:
 
     def server(self) -> tuple[Path, Path]:
         return self.root / "server.pem", self.root / "server.key"
+
+    @property
+    def crl(self) -> Path | None:
+        """The federation's revocation list (``certs revoke --publish``), when this folder has one."""
+        from ..crypto.certs import CRL_FILE, load_revoked
+
+        path = self.root / CRL_FILE
+        if not path.is_file():
+            return None
+        load_revoked(path, self.ca)  # refuse one the CA did not sign, or an expired one
+        return path
 
     def client(self, client_id: str) -> tuple[Path, Path]:
         return self.root / "clients" / f"{client_id}.pem", self.root / "clients" / f"{client_id}.key"
@@ -140,7 +153,8 @@ def client_aggregation(config: Config, client_id: str, signing_key: Any, directo
     secret = secret_path.read_bytes()
     load_secret(secret, secret_path)
 
-    return CKKSClient(identity, directory, secret, config.privacy.ckks(),
+    # key_path: the client ratchets its stage key on disk too, destroying the previous stage's
+    return CKKSClient(identity, directory, secret, config.privacy.ckks(), key_path=secret_path,
                       decryption_log=decryption_logger(decryption_log, client_id))
 
 
@@ -153,7 +167,10 @@ def parse_control(data: bytes) -> dict[str, Any] | None:
     if not data.startswith(_CONTROL):
         return None
     try:
+        check_nesting(data[len(_CONTROL):], "the server's control frame", stage="transport")
         payload = json.loads(data[len(_CONTROL):])
+    except RemoteProtocolError as exc:
+        return {"bye": f"refused control frame: {exc}"}
     except (UnicodeDecodeError, ValueError):
         return {"bye": "unreadable control frame"}
     return payload if isinstance(payload, dict) else {"bye": "malformed control frame"}

@@ -7,11 +7,17 @@ the same ``Coordinator`` the simulation runs, and sends what it answers. At ever
 restarted on the same state folder, resumes from the last checkpoint: a round that was in
 flight when the server died is run again from its start.
 
+Admission (``gate.Gate``): a certificate that is revoked or not on the roster is refused before
+its first byte is read; a member's hello must arrive within ``deploy.hello_timeout``; each
+identity may open ``deploy.connect_rate`` connections per ``deploy.connect_window``.
+
 Faults: a frame that is not a valid message for the peer's current step, a frame over
-``deploy.max_message_size`` (refused from its length prefix), a truncated frame or a hello that
-does not arrive within ``deploy.read_timeout`` cuts the connection off with a logged reason; the
-coordinator drops that peer from the phase, and the secure sum recovers as from a dropout. A
-step whose peers stay silent for ``deploy.phase_timeout`` drops exactly the silent ones.
+``deploy.max_message_size`` (refused from its length prefix), a truncated frame, or more than
+``deploy.send_queue`` frames waiting for a peer that does not read cuts the connection off with a
+logged reason; the coordinator drops that peer from the phase, and the secure sum recovers as from
+a dropout. Each step has a deadline of ``deploy.phase_timeout`` from its start (answers do not
+move it); then exactly the peers it still waits for are dropped. Checkpoints carry an HMAC-SHA256
+under a key kept outside the checkpoint folder (``deploy.checkpoint_key``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import json
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,13 +36,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import Config
-from ..crypto.certs import client_directory
+from ..crypto.certs import CRL_FILE, client_directory, load_revoked
 from ..errors import ConfigError, RemoteProtocolError
 from ..protocols.codec import encode
 from ..protocols.coordinator import Coordinator
-from ..protocols.tls import Connection, accept, read_frame, server_context
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..protocols.tls import Connection, read_frame, server_context
+from .checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
 from .common import CertFolder, control_frame, model_dir_for, n_stages_for, server_aggregation
+from .gate import Gate
 from .roster import Roster
 
 __all__ = ["FederationServer"]
@@ -44,12 +51,39 @@ __all__ = ["FederationServer"]
 _TOKEN_EVENTS = frozenset({"stage-start", "planned", "aborted", "retry", "drop", "refusal"})
 
 
-class _Peer:
-    """One authenticated connection and its outgoing queue."""
+class StepClock:
+    """The deadline of the current secure-sum step: ``timeout`` seconds from the step's start.
 
-    def __init__(self, conn: Connection) -> None:
+    Answers within a step do not move it (peers trickling one answer per almost-timeout cannot
+    stall a step forever). A new step starts a new deadline: a new phase (``phase`` changes), or
+    the phase's next step, seen as the set of peers it waits for growing (within a step that set
+    only shrinks, by answers and drops). A next step that waits for exactly the one peer that
+    ended the previous one shares its deadline: stricter, never longer."""
+
+    def __init__(self, timeout: float, clock=time.monotonic) -> None:
+        self.timeout, self._clock = timeout, clock
+        self._phase: Hashable = object()
+        self._waiting: frozenset[str] = frozenset()
+        self._deadline = 0.0
+
+    def left(self, phase: Hashable, waiting: frozenset[str]) -> float:
+        """Seconds left for the step of ``phase`` now waiting for ``waiting``."""
+        if phase != self._phase or not waiting <= self._waiting:
+            self._phase, self._deadline = phase, self._clock() + self.timeout
+        self._waiting = waiting
+        return self._deadline - self._clock()
+
+    def expired(self) -> None:
+        """The step's late peers were dropped: whatever is awaited next gets a full deadline."""
+        self._phase = object()
+
+
+class _Peer:
+    """One authenticated connection and its outgoing queue (at most ``limit`` frames)."""
+
+    def __init__(self, conn: Connection, limit: int = 0) -> None:
         self.conn = conn
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(limit)
         self.closed = False
         self.writer_task: asyncio.Task | None = None
         # Joined while a phase was in flight: it is not part of that phase (the coordinator dropped
@@ -65,6 +99,21 @@ class _Peer:
         finally:
             self.closed = True
             await self.conn.close()
+
+    def put(self, data: bytes) -> bool:
+        """Queue ``data``; False when the queue is full (the peer does not read)."""
+        try:
+            self.queue.put_nowait(data)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def stop(self) -> None:
+        """End the writer after what is queued, or at once when the queue is full."""
+        if not self.put(None):  # type: ignore[arg-type]
+            self.closed = True
+            if self.writer_task is not None:
+                self.writer_task.cancel()
 
 
 class FederationServer:
@@ -107,7 +156,11 @@ class FederationServer:
         self.task_scores: list[dict[str, float]] = []
         self.round_seconds: list[float] = []
         self.resumed_from: tuple[int, int] | None = None
-        snap = load_checkpoint(self.state_dir / "checkpoints")
+        # The MAC key lives outside the checkpoint folder, so a checkpoint folder copied or edited
+        # elsewhere cannot be made to verify.
+        self._checkpoint_key = checkpoint_key(self.deploy.checkpoint_key or self.state_dir / "checkpoint.key",
+                                              self.state_dir / "checkpoints")
+        snap = load_checkpoint(self.state_dir / "checkpoints", key=self._checkpoint_key)
         if snap is not None:
             self.coordinator.restore(snap["coordinator"])
             self.matrix = snap["server"]["matrix"]
@@ -117,6 +170,9 @@ class FederationServer:
         self._events_file = self.state_dir / "events.jsonl"
         self._logged = len(self.coordinator.events)
         self._checkpointed: tuple | None = (self.coordinator.state, self.coordinator.position) if snap else None
+        crl = self.certs.root / CRL_FILE
+        self.revoked = load_revoked(crl, self.certs.ca) if crl.is_file() else frozenset()
+        self.gate: Gate | None = None
         self._peers: dict[str, _Peer] = {}
         self._changed: asyncio.Event = None  # type: ignore[assignment]  # made in run(), on its loop
         self._bar = None
@@ -155,7 +211,7 @@ class FederationServer:
         save_checkpoint(self.state_dir / "checkpoints", {
             "coordinator": self.coordinator.snapshot(),
             "server": {"matrix": self.matrix, "task_scores": self.task_scores, "round_seconds": self.round_seconds},
-        })
+        }, key=self._checkpoint_key)
         self._checkpointed = (self.coordinator.state, self.coordinator.position)
 
     # ------------------------------------------------------------------ transport
@@ -168,7 +224,13 @@ class FederationServer:
                 continue
             if peer.needs_sync:
                 continue
-            peer.queue.put_nowait(encode(message))
+            if not peer.put(encode(message)):
+                reason = f"{self.deploy.send_queue} frames queued and not read (deploy.send_queue)"
+                self._note_cut_off(recipient, reason)
+                self.log(f"cut off {recipient}: {reason}")
+                self._peers.pop(recipient, None)
+                peer.stop()
+                lost.append(recipient)
         for recipient in dict.fromkeys(lost):
             self._dispatch(self.coordinator.peer_lost(recipient))
         coord = self.coordinator
@@ -182,7 +244,7 @@ class FederationServer:
         self.log(f"cut off {identity}: {reason[:200]}")
         peer = self._peers.pop(identity, None)
         if peer is not None:
-            peer.queue.put_nowait(None)
+            peer.stop()
         self._dispatch(self.coordinator.peer_lost(identity))
 
     def _note_cut_off(self, identity: str, reason: str) -> None:
@@ -192,16 +254,21 @@ class FederationServer:
         if len(entry["first_reasons"]) < 5:
             entry["first_reasons"].append(reason[:300])
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _refused(self, reason: str) -> None:
+        self._note_cut_off("<handshake>", reason)
+        self.log(f"refused a connection: {reason[:300]}")
+
+    def _make_gate(self) -> Gate:
         d = self.deploy
-        try:
-            conn = await accept(reader, writer, federation_id=self.federation_id, allowed=None,
-                                max_size=d.max_message_size, timeout=d.read_timeout)
-        except RemoteProtocolError as exc:
-            self._note_cut_off("<handshake>", str(exc))
-            self.log(f"refused a connection: {exc}")
-            writer.close()
-            return
+        return Gate(federation_id=self.federation_id, allowed=frozenset(self.clients), max_size=d.max_message_size,
+                    read_timeout=d.read_timeout, hello_timeout=d.hello_timeout, connect_rate=d.connect_rate,
+                    connect_window=d.connect_window, keepalive=d.keepalive, revoked=self.revoked,
+                    log=lambda line: self._refused(line.removeprefix("refused a connection: ")))
+
+    async def _handle(self, conn: Connection) -> None:
+        """Serve one admitted member's connection (``gate.Gate`` did the hello)."""
+        d = self.deploy
+        reader = conn.reader
         identity = conn.identity
         if self.coordinator.done:
             await conn.send(control_frame({"bye": "finished"}))
@@ -209,9 +276,9 @@ class FederationServer:
             return
         old = self._peers.pop(identity, None)
         if old is not None:  # a reconnect replaces the old connection; its phase state is gone
-            old.queue.put_nowait(None)
+            old.stop()
             self._dispatch(self.coordinator.peer_lost(identity))
-        peer = _Peer(conn)
+        peer = _Peer(conn, d.send_queue)
         peer.writer_task = asyncio.create_task(peer.write_loop())
         self._peers[identity] = peer
         self._sync(identity, peer)
@@ -237,7 +304,7 @@ class FederationServer:
             return
         if reason.endswith("connection closed"):  # the peer hung up between frames: no fault of its frames
             self._peers.pop(identity, None)
-            peer.queue.put_nowait(None)
+            peer.stop()
             if not self.coordinator.done:
                 self.log(f"{identity} disconnected")
             self._dispatch(self.coordinator.peer_lost(identity))
@@ -304,14 +371,15 @@ class FederationServer:
                 await asyncio.sleep(0)
                 continue
             signature = self._signature()
-            deadline = time.monotonic() + self.deploy.phase_timeout
+            step = (coord.state, coord.position)
             while not coord.at_boundary and self._signature() == signature:
-                left = deadline - time.monotonic()
+                left = self._clock.left(step, coord.pending())
                 if left <= 0:
                     silent = sorted(coord.pending())
                     self.log(f"phase timeout: no answer from {', '.join(silent)} within "
                              f"{self.deploy.phase_timeout:g} s")
                     self._dispatch(coord.expire(f"no answer within {self.deploy.phase_timeout:g} s"))
+                    self._clock.expired()
                     break
                 self._changed.clear()
                 try:
@@ -346,9 +414,13 @@ class FederationServer:
     async def run(self) -> dict[str, Any]:
         d = self.deploy
         self._changed = asyncio.Event()
+        self._clock = StepClock(d.phase_timeout)
         ctx = server_context(self.certs.ca, *self.certs.server())
-        server = await asyncio.start_server(self._handle, d.host, d.port, ssl=ctx,
-                                            ssl_handshake_timeout=d.read_timeout)
+        self.gate = self._make_gate()
+        server = await asyncio.start_server(self.gate.handler(self._handle), d.host, d.port, ssl=ctx,
+                                            ssl_handshake_timeout=min(d.read_timeout, d.hello_timeout))
+        if self.revoked:
+            self.log(f"revocation list {self.certs.root / CRL_FILE}: {len(self.revoked)} certificate(s) revoked")
         total = self.roster.n_stages * self.config.fcit.rounds_per_stage
         self._bar = tqdm(total=total, desc=f"federation {self.federation_id}", unit="round", disable=not self.progress,
                          initial=sum(1 for e in self.coordinator.events if e["event"] == "applied"))
@@ -362,19 +434,25 @@ class FederationServer:
             await self._wait_for_clients()
             await self._drive()
             for peer in list(self._peers.values()):
-                peer.queue.put_nowait(control_frame({"bye": "finished"}))
-                peer.queue.put_nowait(None)
+                peer.put(control_frame({"bye": "finished"}))
+                peer.stop()
             await asyncio.gather(*(p.writer_task for p in self._peers.values() if p.writer_task),
                                  return_exceptions=True)
         finally:
             self._bar.close()
             server.close()
+            await self.gate.close()  # connections still in their hello end quietly, no traceback
+            for peer in self._peers.values():
+                if peer.writer_task is not None and not peer.writer_task.done():
+                    peer.writer_task.cancel()
+            await asyncio.gather(*(p.writer_task for p in self._peers.values() if p.writer_task),
+                                 return_exceptions=True)
             await server.wait_closed()
         return self.summary()
 
     def summary(self) -> dict[str, Any]:
         from ..fcit.metrics import summarize
-        from ..fcit.simulate import global_state
+        from ..fcit.simulate import global_state, stream_shortfalls
 
         events: dict[str, int] = {}
         for e in self.coordinator.events:
@@ -391,5 +469,6 @@ class FederationServer:
             "summary": summarize(full) if self.evaluate and len(full) == self.roster.n_stages else None,
             "state": state,
             "cut_off": self.cut_off,
+            "shortfalls": stream_shortfalls(self.coordinator.events),
             "releases": [asdict(r) for r in self.organizer.releases],
         }

@@ -56,6 +56,12 @@ class SlotLearner:
         self.seed = seed
         self._tokens: dict[int, np.ndarray] = {}
 
+    @property
+    def fresh_randomness(self) -> bool:
+        """Whether every ``train`` call draws fresh DP noise (ChaCha20 keyed by ``os.urandom``) and
+        is charged to the ledger again: only then may a retried round get a second, fresh update."""
+        return self.privacy is not None
+
     def identity_token(self, stage: int) -> np.ndarray:
         if self.privacy is not None:  # journaled before the worker can upload it
             self.privacy.record_token_release(stage, self.num_samples(stage))

@@ -48,7 +48,7 @@ from .workspace import Workspace, describe_device, prepare_workspace
 __all__ = [
     "SimulationResult", "run_simulation", "write_simulation", "scenario_for", "slot_layout",
     "build_slots", "global_state", "build_learner", "build_organizer", "client_id", "write_state",
-    "in_memory_federation",
+    "in_memory_federation", "stream_shortfalls",
 ]
 
 
@@ -74,6 +74,29 @@ class SimulationResult:
     dp: bool = False
     device: str = "cpu"  # where the model ran: "cpu (N threads)" or the CUDA device's name
     model_sha256: str = ""  # the base model's weights (model.loading.weights_sha256)
+    shortfalls: list[str] = field(default_factory=list)  # skipped stages/rounds and why (stream_shortfalls)
+
+
+def stream_shortfalls(events: list[dict[str, Any]]) -> list[str]:
+    """Why a stream fell short, one line per skipped stage or round with the reasons its attempts
+    were aborted, plus a line when no round was trained at all; empty for a complete stream.
+
+    ``python -m secure_fcit simulate|demo`` and ``python -m secure_fcit.server`` exit non-zero when
+    this is not empty: a stream that trained nothing must not look like a success."""
+    lines: list[str] = []
+    for e in events:
+        if e["event"] not in ("stage-skipped", "round-skipped"):
+            continue
+        tokens = e["event"] == "stage-skipped"
+        reasons = list(dict.fromkeys(
+            str(a.get("reason", "?"))[:200] for a in events
+            if a["event"] == "aborted" and a["stage"] == e["stage"] and (tokens or a["round"] == e["round"])))
+        where = (f"stage {e['stage'] + 1} skipped (its token phase never completed)" if tokens
+                 else f"stage {e['stage'] + 1} round {e['round'] + 1} skipped")
+        lines.append(f"{where}: " + ("; ".join(reasons) if reasons else "no reason recorded"))
+    if not any(e["event"] == "applied" for e in events):
+        lines.append("no round was trained: not one update was aggregated")
+    return lines
 
 
 def scenario_for(config: Config, ws: Workspace) -> Scenario:
@@ -172,9 +195,15 @@ def in_memory_federation(config: Config, fed_id: str, scenario: Scenario, organi
         organizer, organizer.slot_size, config.fcit.rounds_per_stage, np.random.default_rng(config.seed),
         dp=config.dp.enabled,
     )
-    workers = [Worker(fed_id, client_id(c), learner, aggregation.clients[client_id(c)])
+    workers = [Worker(fed_id, client_id(c), learner, aggregation.clients[client_id(c)], **worker_options(config))
                for c, learner in learners.items()]
     return coordinator, workers, aggregation
+
+
+def worker_options(config: Config) -> dict[str, Any]:
+    """What a worker checks the coordinator against, from the client's own configuration."""
+    return {"min_cohort": config.privacy.min_cohort, "n_buckets": config.fcit.n_buckets,
+            "tau": config.fcit.tau, "max_attempt": config.privacy.max_attempt}
 
 
 def client_id(client: int) -> str:
@@ -297,6 +326,7 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
         opened_per_stage=[list(e["opened"]) for e in history.of("planned")], round_seconds=round_seconds,
         seconds=time.perf_counter() - t0, releases=releases, events=counts, state=state, refusals=refusals,
         dp=config.dp.enabled, device=describe_device(ws.device), model_sha256=weights_sha256(ws.model_dir),
+        shortfalls=stream_shortfalls(history.events),
     )
 
 
@@ -325,6 +355,7 @@ def write_simulation(result: SimulationResult, config: Config, out: Path) -> lis
         "dp": result.dp,
         "refusals": result.refusals,
         "events": result.events,
+        "shortfalls": result.shortfalls,
         "config": {k: asdict(getattr(config, k)) for k in ("scenario", "fcit", "lora", "data", "dp", "privacy")},
     }
     paths = [out / "metrics.json", out / "metrics.md", out / "accuracy_matrix.png"]

@@ -17,6 +17,7 @@ types (``message_types``), which the coordinator and the worker route to them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -52,6 +53,7 @@ __all__ = [
     "SignedList",
     "ListSignature",
     "CONTRIBUTION_TYPES",
+    "state_digest",
 ]
 
 AGGREGATION_KINDS: tuple[str, ...] = ("plaintext", "masking", "ckks")
@@ -78,13 +80,18 @@ _AGGREGATOR_KEY = _Capability()
 
 @dataclass(frozen=True)
 class AggregationRound:
-    """What one secure sum is bound to: federation, stage, round (-1: token phase), attempt, phase."""
+    """What one secure sum is bound to: federation, stage, round (-1: token phase), attempt, phase,
+    and ``context``: the SHA-256 of the coordinator's broadcast this sum answers (``state_digest``:
+    the global tokens, the slot weights, the cohort). Both sides put it into every signature, HKDF
+    label and AEAD datum of the sum, so clients that were sent different global states cannot
+    complete one sum together (Pasquini et al., CCS 2022: model inconsistency)."""
 
     federation_id: str
     stage: int
     round: int
     attempt: int
     phase: str
+    context: bytes = b""
 
     def __post_init__(self) -> None:
         check_id("federation_id", self.federation_id)
@@ -95,12 +102,20 @@ class AggregationRound:
             raise ConfigError(f"phase must be one of {PHASES}, got {self.phase!r}")
         if (self.phase == "token") != (self.round == -1):
             raise ConfigError("the token phase has round -1 and only it does")
+        if not isinstance(self.context, bytes) or len(self.context) not in (0, 32):
+            raise ConfigError("context must be empty or a 32-byte state digest")
+
+    @property
+    def phase_key(self) -> tuple[int, int, str]:
+        """(stage, round, phase): what a client's input is for, whatever the attempt."""
+        return (self.stage, self.round, self.phase)
 
     def binding(self, protocol: str) -> bytes:
         """Bytes naming this sum for ``protocol``: signatures, HKDF info and AEAD data carry them,
         so nothing signed or sealed for one sum passes in another."""
         return json.dumps(
-            [f"secure-fcit/{protocol}/v1", self.federation_id, self.stage, self.round, self.attempt, self.phase],
+            [f"secure-fcit/{protocol}/v2", self.federation_id, self.stage, self.round, self.attempt, self.phase,
+             self.context.hex()],
             separators=(",", ":"),
         ).encode()
 
@@ -112,6 +127,21 @@ class AggregationRound:
             self.round,
             self.attempt,
         )
+
+
+def state_digest(tokens: np.ndarray, start: Message) -> bytes:
+    """SHA-256 of a phase's broadcast: the global tokens a worker matches against and the
+    ``StageStart``/``RoundStart`` itself (cohort, slot weights, SimHash parameters, attempt).
+    The ``context`` of the phase's ``AggregationRound`` on both sides."""
+    from secure_fcit.protocols.codec import encode  # the codec registers this module's messages
+
+    tokens = np.ascontiguousarray(tokens, dtype="<f4")
+    digest = hashlib.sha256(b"secure-fcit/state/v1|")
+    digest.update(json.dumps(list(tokens.shape)).encode() + b"|")
+    digest.update(tokens.tobytes())
+    digest.update(b"|")
+    digest.update(encode(start))
+    return digest.digest()
 
 
 class Aggregate:
@@ -229,10 +259,22 @@ class SecureAggregator(ABC):
 
 
 class ClientAggregator(ABC):
-    """Worker side of secure sums; one instance per worker, ``begin`` once per phase."""
+    """Worker side of secure sums; one instance per worker, ``begin`` once per phase.
+
+    ``release_hook`` (set by the worker) is called with the sum's ``AggregationRound`` right before
+    the step after which a sum holding this client's input can complete: the unmask shares
+    (masking), the list signature (CKKS), the upload itself (plaintext). The worker persists a
+    "released" mark there, so the same input never enters a second sum that can complete; if the
+    hook raises, the step is not taken.
+    """
 
     kind: ClassVar[str]
     message_types: ClassVar[tuple[type[Message], ...]] = ()
+    release_hook: Callable[[AggregationRound], None] | None = None
+
+    def _released(self, round_id: AggregationRound) -> None:
+        if self.release_hook is not None:
+            self.release_hook(round_id)
 
     @abstractmethod
     def begin(
@@ -398,7 +440,9 @@ class PlaintextClient(ClientAggregator):
     def begin(
         self, round_id: AggregationRound, cohort: Sequence[str], vector: np.ndarray, upload: UploadFactory
     ) -> list[Message]:
-        return [upload(self.prepare(vector), PlaintextAggregator.encoding)]
+        payload = self.prepare(vector)
+        self._released(round_id)  # the coordinator holds the vector as soon as it is sent
+        return [upload(payload, PlaintextAggregator.encoding)]
 
     def receive(self, message: Message) -> list[Message]:
         raise RemoteProtocolError(

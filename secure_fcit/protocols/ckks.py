@@ -9,9 +9,22 @@ travels seeded (its random half is a PRNG seed): about 8 bytes per value, 2x fp3
 set for the whole federation; nothing is attached per tensor.
 
 Key roles (``python -m secure_fcit keys init``): every client holds the *secret* context (the
-parameters and the secret key, file mode 0600); the coordinator holds the *public* context, the
-parameters alone: no secret key, no Galois or relinearization keys (checked at load). It can
-check and add ciphertexts but neither encrypt nor decrypt.
+parameters, a 256-bit ratchet seed and the stage it belongs to; file mode 0600); the coordinator
+holds the *public* context, the parameters alone: no secret key, no Galois or relinearization keys
+(checked at load). It can check and add ciphertexts but neither encrypt nor decrypt.
+
+Per-stage keys (a one-way ratchet): stage s encrypts under the SEAL secret key drawn from
+Blake2xb seeded by HKDF(seed_s, "ckks-secret-key"), and seed_{s+1} = HKDF(seed_s, "ckks-ratchet").
+A client entering stage s ratchets forward and forgets seed_{s-1}; with ``key_path`` it rewrites
+its key file and destroys the old one (overwrite, fsync, unlink), so a key file taken at stage s
+opens stages >= s only. ``keys rotate`` starts a fresh chain from ``os.urandom`` (post-compromise:
+a departed client's file opens nothing after it). Encryption is symmetric, so the public context
+never changes: only the parameters, no key.
+
+Plaintext range: a slot decrypts modulo the 60-bit prime q at scale 2^40, so a sum is exact only
+while its polynomial coefficients stay under q/2; with real and imaginary parts packed, that holds
+for any vector when cohort x ``bound`` <= ``SUM_RANGE`` (2^19 / sqrt 2). Larger cohorts are refused
+(config load and ``begin``), and a client refuses to encrypt a value beyond ``bound``.
 
 One sum: each client encrypts its vector and signs (round binding, SHA-256 of the ciphertexts);
 the coordinator verifies the signature and adds the ciphertexts. It sends the contributor list to
@@ -26,9 +39,10 @@ deviation ``2^flood_bits`` times the estimated CKKS error before releasing the p
 flooding against decryption-oracle key recovery, CPA^D), and logs every decryption it performs.
 If the decryptor drops, the next contributor is asked.
 
-Trust assumption: every client holds the secret key, and the decryptor receives every
+Trust assumption: every client holds the stage's secret key, and the decryptor receives every
 contribution's ciphertext (to check the sum). A curious decryptor, or any client colluding with
-the coordinator, can decrypt individual contributions; masking has no such single point.
+the coordinator, can decrypt individual contributions of the stages its key covers; masking has
+no such single point.
 """
 
 from __future__ import annotations
@@ -46,6 +60,8 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from secure_fcit.crypto.keys import verify
 from secure_fcit.crypto.prg import ChaCha20PRG
@@ -79,8 +95,11 @@ __all__ = [
     "CKKSParams",
     "CKKSKeys",
     "CKKSContext",
+    "SUM_RANGE",
     "create_keys",
     "write_keys",
+    "rotate_keys",
+    "destroy_file",
     "load_public",
     "load_secret",
     "DecryptRequest",
@@ -102,6 +121,12 @@ _SIG = 64
 _STAGE = "ckks"
 _ERROR_SIGMA = 3.2  # SEAL's error distribution
 _MAX_CIPHERTEXT_BYTES = 1 << 20
+#: The largest |sum| of any value a CKKS sum carries without wrapping: a decrypted coefficient is
+#: exact while below q/2 (q the 60-bit prime), i.e. 2^(60-1) / SCALE = 2^19 in value units, and a
+#: slot packs two values (real, imaginary), whose coefficients reach sqrt(2) x the larger one.
+SUM_RANGE = float(math.floor(2.0 ** (COEFF_MOD_BIT_SIZES[0] - 1) / SCALE / math.sqrt(2)))
+_SEED_BYTES = 32
+_KDF_SALT = b"secure_fcit/v1/ckks"
 
 
 def _seal():
@@ -114,17 +139,40 @@ def _seal():
 
 @dataclass(frozen=True)
 class CKKSParams:
-    #: The decryptor refuses aggregates of fewer contributors than this.
-    k_min: int = 2
+    #: The decryptor refuses aggregates of fewer contributors than this: its own floor, never one
+    #: the coordinator sends. 5 by default: with 2, a coordinator-chosen cohort {target, colluder}
+    #: gives the target's exact input.
+    k_min: int = 5
     #: Flooding noise std = 2^flood_bits x the estimated CKKS decryption error of the sum. Each bit
     #: costs one bit of precision: 2 keeps the relative error near 1e-6 at scale 2^40.
     flood_bits: int = 2
+    #: Every contributed value must satisfy |x| <= bound; a cohort whose sum could pass
+    #: ``SUM_RANGE`` (cohort x bound) is refused, since CKKS would wrap it around silently.
+    bound: float = 4096.0
 
     def __post_init__(self) -> None:
         if self.k_min < 2:
             raise ConfigError(f"privacy.ckks_k_min must be >= 2 (one contribution is no aggregate), got {self.k_min}")
         if not 0 <= self.flood_bits <= 20:
             raise ConfigError(f"privacy.ckks_flood_bits must be in 0..20, got {self.flood_bits}")
+        if not (math.isfinite(self.bound) and self.bound > 0):
+            raise ConfigError(f"privacy.ckks_bound must be finite and > 0, got {self.bound}")
+        self.check_cohort(self.k_min)  # else no sum this client would decrypt could ever be exact
+
+    def max_cohort(self) -> int:
+        """The largest cohort whose sum of values in [-bound, bound] stays inside ``SUM_RANGE``."""
+        return math.floor(SUM_RANGE / self.bound)
+
+    def check_cohort(self, n: int) -> None:
+        """``ConfigError`` naming the numbers if a sum of ``n`` contributions could wrap around."""
+        if n * self.bound > SUM_RANGE:
+            raise ConfigError(
+                f"a CKKS sum of {n} contributions in [-{self.bound:g}, {self.bound:g}] can reach "
+                f"{n * self.bound:g}, beyond the CKKS plaintext range +-{SUM_RANGE:g} (q/2 of the 60-bit "
+                f"modulus at scale 2^40, over sqrt 2 for complex packing): it would wrap around silently. "
+                f"Lower privacy.ckks_bound to at most {SUM_RANGE / n:g} or the cohort to at most "
+                f"{self.max_cohort()}"
+            )
 
     def flood_std(self, n: int) -> float:
         """Noise std for a sum of ``n`` fresh ciphertexts: 2^flood_bits x (6 sigma sqrt(N n) / scale)."""
@@ -138,6 +186,31 @@ def _seed_randomness(parms) -> None:
     it with 512 bits from ``os.urandom`` instead of SEAL's own ``random_device`` default."""
     seal = _seal()
     parms.set_random_generator(seal.Blake2xbPRNGFactory([int.from_bytes(os.urandom(8), "little") for _ in range(8)]))
+
+
+def _kdf(seed: bytes, purpose: str, length: int) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=_KDF_SALT,
+                info=f"secure_fcit/v1/{purpose}".encode()).derive(seed)
+
+
+def _ratchet(seed: bytes, steps: int) -> bytes:
+    """seed_{s+steps} from seed_s: one-way, so a later seed says nothing about an earlier one."""
+    for _ in range(steps):
+        seed = _kdf(seed, "ckks-ratchet", _SEED_BYTES)
+    return seed
+
+
+def _stage_secret_key(params: bytes, seed: bytes):
+    """The SEAL secret key of one stage: SEAL's own key generator, its Blake2xb PRNG seeded by
+    512 bits derived from the stage's seed (a separate parameter object, so the PRNG that draws
+    encryption randomness stays seeded by ``os.urandom``)."""
+    seal = _seal()
+    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+    _Scratch().load(parms, params)
+    words = _kdf(seed, "ckks-secret-key", 64)
+    parms.set_random_generator(seal.Blake2xbPRNGFactory(
+        [int.from_bytes(words[i : i + 8], "little") for i in range(0, 64, 8)]))
+    return seal.KeyGenerator(seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)).secret_key()
 
 
 class _Scratch:
@@ -191,18 +264,24 @@ def _unpack(data: bytes, what: str) -> dict[str, bytes]:
 
 
 class CKKSContext:
-    """Parameters (and, on clients, the secret key) of the federation's CKKS scheme."""
+    """Parameters (and, on clients, the stage's ratchet seed and secret key) of the federation's
+    CKKS scheme."""
 
     def __init__(self, data: bytes, what: str, *, secret: bool) -> None:
         seal = _seal()
         sections = _unpack(data, what)
-        extra = set(sections) - {"params", "secret_key"}
+        if "secret_key" in sections:
+            raise ConfigError(f"{what} holds a fixed secret key from before per-stage rotation; run "
+                              "`python -m secure_fcit keys rotate` and hand the new secret context to the clients")
+        extra = set(sections) - {"params", "ratchet", "stage"}
         if extra:
             raise ConfigError(f"{what} holds {sorted(extra)}; aggregation needs no Galois or relinearization keys")
-        if not secret and "secret_key" in sections:
-            raise ConfigError(f"{what} holds a secret key; give the coordinator the public context only")
-        if secret and "secret_key" not in sections:
-            raise ConfigError(f"{what} has no secret key")
+        if not secret and {"ratchet", "stage"} & set(sections):
+            raise ConfigError(f"{what} holds secret key material (the ratchet seed); give the coordinator "
+                              "the public context only")
+        if secret and not {"ratchet", "stage"} <= set(sections):
+            raise ConfigError(f"{what} has no secret key (no ratchet seed)")
+        self._params = sections.get("params", b"")
         self._scratch = _Scratch()
         parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
         try:
@@ -218,15 +297,48 @@ class CKKSContext:
             raise ConfigError(f"{what}: parameters refused by SEAL ({self.context.parameters_error_message()})")
         self.evaluator = seal.Evaluator(self.context)
         self.encoder = seal.CKKSEncoder(self.context)
+        if self.context.first_context_data().parms().coeff_modulus()[0].value() // 2 <= SUM_RANGE * math.sqrt(2) * SCALE:
+            raise ConfigError(f"{what}: the first prime of the modulus is too small for SUM_RANGE {SUM_RANGE:g}")
         self.secret = secret
+        self.stage = -1  # the stage whose key is installed; -1: none (the public context)
+        self._seed: bytes | None = None
         if secret:
-            key = seal.SecretKey()
-            try:
-                self._scratch.load(key, sections["secret_key"], self.context)
-            except (RuntimeError, ValueError, OSError) as exc:
-                raise ConfigError(f"{what}: bad secret key ({exc})") from None
-            self.encryptor = seal.Encryptor(self.context, key)
-            self.decryptor = seal.Decryptor(self.context, key)
+            stage = sections["stage"].decode("ascii", "replace")
+            if len(sections["ratchet"]) != _SEED_BYTES or not stage.isdigit() or len(stage) > 9:
+                raise ConfigError(f"{what}: bad ratchet seed or stage")
+            self._seed = sections["ratchet"]
+            self._install(int(stage))
+
+    # -- per-stage keys
+    def _install(self, stage: int) -> None:
+        seal = _seal()
+        assert self._seed is not None  # internal invariant: only secret contexts install keys
+        key = _stage_secret_key(self._params, self._seed)
+        self.encryptor = seal.Encryptor(self.context, key)
+        self.decryptor = seal.Decryptor(self.context, key)
+        self.stage = stage
+
+    def advance(self, stage: int) -> bool:
+        """Use stage ``stage``'s key, ratcheting forward and forgetting the earlier seeds; True if
+        the key changed. Refused for a stage before this one: its key is gone."""
+        if not self.secret:
+            raise LocalProtocolError("the public CKKS context holds no key to advance", stage=_STAGE)
+        if stage < self.stage:
+            raise LocalProtocolError(
+                f"the CKKS key of stage {stage} was destroyed when this client entered stage {self.stage}; "
+                "a past stage cannot be encrypted or decrypted again", stage=_STAGE)
+        if stage == self.stage:
+            return False
+        assert self._seed is not None
+        self._seed = _ratchet(self._seed, stage - self.stage)
+        self._install(stage)
+        return True
+
+    def secret_bytes(self) -> bytes:
+        """The secret context file of the current stage (what ``key_path`` holds)."""
+        if not self.secret or self._seed is None:
+            raise LocalProtocolError("the public CKKS context has no secret to write", stage=_STAGE)
+        return _pack({"params": self._params, "ratchet": self._seed, "stage": str(self.stage).encode()})
 
     # -- vectors <-> ciphertexts
     def encrypt(self, x: np.ndarray) -> bytes:
@@ -316,18 +428,57 @@ class CKKSKeys:
     public: bytes
 
 
-def create_keys() -> CKKSKeys:
-    """A fresh key pair of contexts; the secret key comes from SEAL's Blake2xb PRNG seeded by ``os.urandom``."""
+def create_keys(stage: int = 0) -> CKKSKeys:
+    """A fresh key pair of contexts: a new ratchet chain (256-bit seed from ``os.urandom``) whose
+    first key is stage ``stage``'s; the public context is the parameters alone."""
     seal = _seal()
+    check_int("stage", stage, 0)
     parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
     parms.set_poly_modulus_degree(POLY_MODULUS_DEGREE)
     parms.set_coeff_modulus(seal.CoeffModulus.Create(POLY_MODULUS_DEGREE, list(COEFF_MOD_BIT_SIZES)))
-    _seed_randomness(parms)
-    context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
-    scratch = _Scratch()
-    params = scratch.save(parms)
-    secret_key = scratch.save(seal.KeyGenerator(context).secret_key())
-    return CKKSKeys(secret=_pack({"params": params, "secret_key": secret_key}), public=_pack({"params": params}))
+    params = _Scratch().save(parms)
+    secret = {"params": params, "ratchet": os.urandom(_SEED_BYTES), "stage": str(stage).encode()}
+    return CKKSKeys(secret=_pack(secret), public=_pack({"params": params}))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def destroy_file(path: str | Path) -> None:
+    """Overwrite ``path`` with zeros in place, fsync, then unlink it. On copy-on-write file systems
+    and SSDs the old blocks may survive below the file system; keep key folders on encrypted disks."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "r+b", buffering=0) as f:
+        f.write(b"\0" * size)
+        os.fsync(f.fileno())
+    path.unlink()
+    _fsync_dir(path.parent)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replace_secret(path: Path, data: bytes) -> None:
+    """Put ``data`` at ``path``: written beside it first, then the old file destroyed, then renamed."""
+    staged = path.with_name(path.name + ".next")
+    if staged.exists():  # left by an interrupted replacement: secret material too
+        destroy_file(staged)
+    _write_private(staged, data)
+    if path.exists():
+        destroy_file(path)
+    os.replace(staged, path)
+    _fsync_dir(path.parent)
 
 
 def write_keys(directory: str | Path) -> tuple[Path, Path]:
@@ -339,10 +490,26 @@ def write_keys(directory: str | Path) -> tuple[Path, Path]:
         if path.exists():
             raise ConfigError(f"{path} exists; refusing to overwrite a key (move it away first)")
     keys = create_keys()
-    fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(keys.secret)
+    _write_private(secret_path, keys.secret)
     public_path.write_bytes(keys.public)
+    return secret_path, public_path
+
+
+def rotate_keys(directory: str | Path, stage: int = 0) -> tuple[Path, Path]:
+    """``keys rotate``: a new chain in ``directory`` (first key: stage ``stage``). The new secret and
+    public contexts are written beside the old ones, the old secret context is destroyed
+    (overwritten, then unlinked), and the new ones take the standard names. Hand the new secret
+    context to the members that remain; a departed member's old file opens nothing encrypted after."""
+    out = Path(directory)
+    secret_path, public_path = out / SECRET_FILE, out / PUBLIC_FILE
+    if not secret_path.is_file():
+        raise ConfigError(f"{secret_path} does not exist: nothing to rotate (run keys init)")
+    keys = create_keys(stage)
+    staged_public = out / (PUBLIC_FILE + ".next")
+    staged_public.write_bytes(keys.public)
+    _replace_secret(secret_path, keys.secret)
+    os.replace(staged_public, public_path)
+    _fsync_dir(out)
     return secret_path, public_path
 
 
@@ -427,12 +594,15 @@ class CKKSClient(ClientAggregator):
         params: CKKSParams,
         *,
         decryption_log: Callable[[dict], None] | None = None,
+        key_path: str | Path | None = None,
     ) -> None:
         self.identity = identity
         self.client_id = identity.client_id
         self.directory = dict(directory)
-        self.context = load_secret(secret_context)
-        self.params = params
+        self.context = load_secret(secret_context, key_path)
+        #: The secret context file: rewritten at each new stage, the previous stage's destroyed.
+        self.key_path = Path(key_path) if key_path is not None else None
+        self.params = params  # this client's own floor (k_min) and bound, never the coordinator's
         self.decryption_log = decryption_log
         self.decryptions: list[dict] = []
         self._round: AggregationRound | None = None
@@ -447,11 +617,33 @@ class CKKSClient(ClientAggregator):
         x = np.asarray(vector, dtype=np.float64)
         if x.ndim != 1 or not np.isfinite(x).all():
             raise LocalProtocolError("the contribution must be a finite 1-D vector", stage=_STAGE)
-        self._round, self._cohort, self._length = round_id, frozenset(cohort), x.size
+        members = frozenset(cohort)
+        self.params.check_cohort(len(members))  # ConfigError: this cohort's sum could wrap around
+        peak = float(np.max(np.abs(x))) if x.size else 0.0
+        if peak > self.params.bound:  # refused, not clipped: a clipped update is silently wrong
+            raise LocalProtocolError(
+                f"a contributed value of magnitude {peak:g} exceeds privacy.ckks_bound {self.params.bound:g}; "
+                "raise the bound (the largest cohort shrinks) or lower the weights",
+                stage=_STAGE,
+            )
+        self._enter_stage(round_id.stage)
+        self._round, self._cohort, self._length = round_id, members, x.size
         self._signed, self._decrypted = None, False
         ciphertext = self.context.encrypt(x)
         signature = self.identity.signing.sign(_signed_bytes(round_id.binding("ckks"), self.client_id, ciphertext))
         return [upload(_u8(signature + ciphertext), ENCODING)]
+
+    def _enter_stage(self, stage: int) -> None:
+        """Ratchet to ``stage``'s key; with ``key_path``, rewrite the key file and destroy the
+        previous stage's. Clients sharing one file (the simulation) rewrite it once."""
+        if not self.context.advance(stage) or self.key_path is None:
+            return
+        try:
+            on_disk = load_secret(self.key_path.read_bytes(), self.key_path).stage
+        except FileNotFoundError:
+            on_disk = -1
+        if on_disk < stage:
+            _replace_secret(self.key_path, self.context.secret_bytes())
 
     def receive(self, message: Message) -> list[Message]:
         if not isinstance(message, SignedList | DecryptRequest) or self._round is None:
@@ -480,6 +672,8 @@ class CKKSClient(ClientAggregator):
                 "(two decrypted lists would reveal their difference)",
                 stage=_STAGE,
             )
+        if self._signed is None:  # persisted before the signature lets a decryption go ahead
+            self._released(self._round)
         self._signed = listed
         signature = self.identity.signing.sign(_list_bytes(self._round.binding("ckks"), listed))
         return [ListSignature(
@@ -593,8 +787,10 @@ class CKKSAggregator(SecureAggregator):
     def begin(self, round_id: AggregationRound, cohort: Sequence[str], vector_length: int) -> list[Outgoing]:
         if self._round is not None:
             raise LocalProtocolError("begin() called twice; use a fresh aggregator per phase", stage=_STAGE)
+        members = tuple(sorted(check_id("cohort member", c) for c in cohort))
+        self.params.check_cohort(len(members))  # ConfigError: the sum could wrap around, as in masking
         self._round = round_id
-        self._cohort = tuple(sorted(check_id("cohort member", c) for c in cohort))
+        self._cohort = members
         self._length = check_int("vector_length", vector_length, 1)
         need = max(self.params.k_min, self.min_contributors)
         if len(self._cohort) < need:
@@ -633,6 +829,8 @@ class CKKSAggregator(SecureAggregator):
         return self._advance()
 
     def dropped(self, sender: str) -> list[Outgoing]:
+        if self._round is not None and (self._failure is not None or self._result is not None):
+            return []  # several members refusing one list: the sum is already over, nothing changes
         self._open()
         if sender not in self._cohort:
             raise LocalProtocolError(f"{sender!r} is not in this sum's cohort", stage=_STAGE)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import typing
 from dataclasses import fields
 from functools import cache
@@ -21,10 +22,16 @@ import numpy as np
 from secure_fcit.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from secure_fcit.protocols.messages import MESSAGE_TYPES, Message
 
-__all__ = ["VERSION", "MAX_HEADER_BYTES", "encode", "decode"]
+__all__ = ["VERSION", "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "check_nesting", "encode", "decode"]
 
 VERSION = 2  # 2: StageStart carries tau (workers match known tokens before SimHash)
 MAX_HEADER_BYTES = 1 << 20
+#: deepest nesting of arrays and objects accepted in any JSON that crosses the network (a header
+#: needs 4). Checked before ``json.loads``: Python's parser recurses once per level and a hello
+#: nested 1,000 deep would raise ``RecursionError`` inside it.
+MAX_JSON_DEPTH = 16
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 _PREFIX = 4
 _COMMON = ("federation_id", "stage", "round", "attempt", "sender")
 _HEADER_KEYS = frozenset({"type", "version", "fields", "arrays", *_COMMON})
@@ -81,6 +88,23 @@ def _fail(what: str) -> RemoteProtocolError:
     return RemoteProtocolError(what, stage=_STAGE)
 
 
+def check_nesting(raw: bytes, what: str, max_depth: int = MAX_JSON_DEPTH, stage: str = _STAGE) -> None:
+    """Refuse JSON ``raw`` nested deeper than ``max_depth``, before anything parses it.
+
+    A linear scan: strings are cut out (brackets inside them do not count), then the running
+    depth of the remaining brackets is summed. Raises ``RemoteProtocolError`` naming ``what``.
+    """
+    brackets = _JSON_STRING.sub(b"", bytes(raw)).translate(None, _NOT_BRACKET)
+    if len(brackets) <= max_depth:
+        return
+    codes = np.frombuffer(brackets, np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1).astype(np.int64)
+    depth = int(np.cumsum(steps).max())
+    if depth > max_depth:
+        raise RemoteProtocolError(f"{what} is JSON nested {depth} deep; at most {max_depth} is accepted",
+                                  stage=stage)
+
+
 def _reject_constant(name: str) -> None:
     raise _fail(f"header contains the non-finite number {name}")
 
@@ -93,6 +117,7 @@ def _read_header(data: bytes) -> tuple[dict, int]:
         raise _fail(f"header length {size} exceeds {MAX_HEADER_BYTES}")
     if _PREFIX + size > len(data):
         raise _fail(f"truncated message: header says {size} bytes, {len(data) - _PREFIX} present")
+    check_nesting(data[_PREFIX : _PREFIX + size], "header")
     try:
         header = json.loads(data[_PREFIX : _PREFIX + size].decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

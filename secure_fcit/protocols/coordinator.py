@@ -24,10 +24,23 @@ import numpy as np
 
 from secure_fcit.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from secure_fcit.protocols import states as S
-from secure_fcit.protocols.aggregation import Aggregate, AggregationRound, Outgoing, SecureAggregator
+from secure_fcit.protocols.aggregation import (
+    Aggregate,
+    AggregationRound,
+    Outgoing,
+    SecureAggregator,
+    state_digest,
+)
 from secure_fcit.protocols.codec import decode
 from secure_fcit.protocols.interfaces import Organizer, ScenarioSchedule, Schedule
-from secure_fcit.protocols.layout import token_vector_length, update_vector_length
+from secure_fcit.protocols.layout import (
+    public_hash_seed,
+    singleton_blocks,
+    split_token_sum,
+    split_update_sum,
+    token_vector_length,
+    update_vector_length,
+)
 from secure_fcit.protocols.messages import (
     COORDINATOR_ID,
     Abort,
@@ -90,6 +103,7 @@ class Coordinator:
         self.dp = dp  # round metadata for the k_min policy "allow-with-dp"
         self._rng = rng
         self._factory = aggregator_factory
+        self._kind = ""
         self.events: list[dict[str, Any]] = []
         self._state = S.BEFORE_STAGE
         self._stage = self._round = self._attempt = 0
@@ -257,10 +271,11 @@ class Coordinator:
     def _start_tokens(self) -> list[Outgoing]:
         members = tuple(check_id("member", m) for m in self.schedule.members(self._stage))
         self._members = members
-        hash_seed = self._rng.bytes(32)  # public: it only decorrelates SimHash planes across stages
+        # public, fixed by (federation, stage, attempt): workers recompute and check it
+        hash_seed = public_hash_seed(self.federation_id, self._stage, self._attempt)
         org = self.organizer
         tokens = np.asarray(org.tokens, dtype=np.float32).reshape(-1, org.dim)
-        out = self._begin_phase(-1, members, token_vector_length(len(tokens) + org.n_buckets, org.dim))
+        self._aggregator_kind = self._factory_kind()
         start = self._message(
             StageStart,
             -1,
@@ -271,6 +286,8 @@ class Coordinator:
             cohort=members,
             aggregation=self._aggregator_kind,
         )
+        out = self._begin_phase(-1, members, token_vector_length(len(tokens) + org.n_buckets, org.dim),
+                                state_digest(tokens, start))
         self._transition("start-stage")
         self._log("stage-start", cohort=list(members))
         return [(m, start) for m in members] + out + self._progress()
@@ -286,7 +303,7 @@ class Coordinator:
         weights = np.asarray(self.organizer.global_weights(self._active), dtype=np.float32)
         if weights.shape != (len(self._active), self.slot_size):
             raise LocalProtocolError(f"organizer returned weights of shape {weights.shape}")
-        out = self._begin_phase(self._round, cohort, update_vector_length(len(self._active), self.slot_size))
+        self._aggregator_kind = self._factory_kind()
         start = self._message(
             RoundStart,
             self._round,
@@ -295,6 +312,10 @@ class Coordinator:
             weights=weights,
             aggregation=self._aggregator_kind,
         )
+        org = self.organizer
+        tokens = np.asarray(org.tokens, dtype=np.float32).reshape(-1, org.dim)
+        out = self._begin_phase(self._round, cohort, update_vector_length(len(self._active), self.slot_size),
+                                state_digest(tokens, start))
         self._transition("start-round")
         self._log("round-start", cohort=list(cohort))
         return [(c, start) for c in cohort] + out + self._progress()
@@ -307,12 +328,23 @@ class Coordinator:
         self._failures = 0
         return [(m, end) for m in self._members]
 
-    def _begin_phase(self, round_: int, cohort: tuple[str, ...], length: int) -> list[Outgoing]:
+    def _factory_kind(self) -> str:
+        """The aggregation kind the phases announce (the factory's aggregators are all one kind)."""
+        if not self._kind:
+            probe = self._factory()
+            if not isinstance(probe, SecureAggregator):
+                raise ConfigError("aggregator_factory must return a SecureAggregator")
+            self._kind = probe.kind
+        return self._kind
+
+    def _begin_phase(self, round_: int, cohort: tuple[str, ...], length: int, context: bytes) -> list[Outgoing]:
         aggregator = self._factory()
         if not isinstance(aggregator, SecureAggregator):
             raise ConfigError("aggregator_factory must return a SecureAggregator")
         phase = "token" if round_ < 0 else "update"
-        round_id = AggregationRound(self.federation_id, self._stage, round_, self._attempt, phase)
+        # ``context``: the digest of the broadcast, so that clients sent different global states
+        # (tokens, weights, cohort) cannot complete this sum together.
+        round_id = AggregationRound(self.federation_id, self._stage, round_, self._attempt, phase, context)
         self._reset_phase()
         self._aggregator, self._cohort, self._cohort_set = aggregator, cohort, frozenset(cohort)
         self._aggregator_kind = aggregator.kind
@@ -333,12 +365,17 @@ class Coordinator:
                 return self._planned(aggregate)
             return self._applied(aggregate)
         except (LocalProtocolError, RemoteProtocolError) as exc:
-            # e.g. max_slots reached, or a sum no honest cohort could produce: nothing was applied
-            return self._abort_phase(f"organizer refused the aggregate: {exc}")
+            # e.g. max_slots reached, or a sum no honest cohort could produce: nothing was applied.
+            # The sum exists, so the phase is skipped, never retried: a retry over the same inputs
+            # would hand the coordinator two sums to subtract.
+            return self._abort_phase(f"organizer refused the aggregate: {exc}", retry=False)
 
     def _planned(self, aggregate: Aggregate) -> list[Outgoing]:
         # dp=False: DP-SGD protects model updates, not identity tokens, so "allow-with-dp" never
         # covers a small token bucket.
+        dim = self.organizer.dim
+        _, _, clients = split_token_sum(aggregate.vector, aggregate.vector.size // (dim + 2), dim)
+        alone = singleton_blocks(clients)
         plan = self.organizer.plan(self._stage, aggregate, dp=False)
         self._active = tuple(plan.active)
         message = self._message(SlotPlan, -1, tokens=np.asarray(plan.tokens, np.float32), active=self._active)
@@ -350,6 +387,7 @@ class Coordinator:
             withheld_buckets=list(plan.withheld_buckets),
             incoherent_buckets=list(plan.incoherent_buckets),
             undersized_buckets=list(plan.undersized_buckets),
+            singleton_blocks=alone,
             dropped=dict(self._dropped),
         )
         self._transition("planned")
@@ -358,6 +396,8 @@ class Coordinator:
         return [(m, message) for m in self._members]
 
     def _applied(self, aggregate: Aggregate) -> list[Outgoing]:
+        _, _, clients = split_update_sum(aggregate.vector, len(self._active), self.slot_size)
+        alone = singleton_blocks(clients)
         outcome = self.organizer.apply(self._stage, self._round, aggregate, dp=self.dp)
         message = self._message(RoundEnd, self._round, status="applied")
         self._log(
@@ -366,6 +406,7 @@ class Coordinator:
             applied=list(outcome.applied),
             withheld=list(outcome.withheld),
             clients={str(k): v for k, v in outcome.clients.items()},
+            singleton_blocks=alone,
             dropped=dict(self._dropped),
         )
         recipients = self._cohort
@@ -374,7 +415,7 @@ class Coordinator:
         self._reset_phase()
         return [(c, message) for c in recipients]
 
-    def _abort_phase(self, reason: str) -> list[Outgoing]:
+    def _abort_phase(self, reason: str, *, retry: bool = True) -> list[Outgoing]:
         tokens = self._state == S.TOKENS
         if tokens:
             message: Message = self._message(Abort, -1, reason=reason)
@@ -385,7 +426,7 @@ class Coordinator:
         self._log("aborted", reason=reason, dropped=dict(self._dropped))
         self._transition("aborted")
         self._attempt += 1  # a new sum either way: a retry, or the next phase's first try
-        if self._failures < self.max_retries:
+        if retry and self._failures < self.max_retries:
             self._failures += 1
             self._log("retry")
         else:

@@ -19,6 +19,7 @@ fine here); both sides run this code, so they draw the same planes.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,7 +28,9 @@ from secure_fcit.errors import LocalProtocolError
 
 __all__ = [
     "hash_bits",
+    "public_hash_seed",
     "simhash_planes",
+    "singleton_blocks",
     "simhash_bucket",
     "token_block",
     "token_vector_length",
@@ -48,6 +51,19 @@ def hash_bits(n_buckets: int) -> int:
     if n_buckets < 2 or n_buckets & (n_buckets - 1):
         raise LocalProtocolError(f"n_buckets must be a power of two >= 2, got {n_buckets}")
     return n_buckets.bit_length() - 1
+
+
+def public_hash_seed(federation_id: str, stage: int, attempt: int) -> bytes:
+    """The SimHash seed of a token phase: public and fixed by (federation, stage, attempt), so the
+    coordinator cannot pick planes that isolate a client in a bucket; workers recompute it."""
+    return hashlib.sha256(f"secure-fcit/simhash/v1|{federation_id}|{stage}|{attempt}".encode()).digest()
+
+
+def singleton_blocks(client_counts: np.ndarray) -> int:
+    """How many blocks of a summed vector hold exactly one client: each such block is that client's
+    own contribution in the clear (the layouts' last column counts clients per block)."""
+    counts = np.rint(np.asarray(client_counts, dtype=np.float64))
+    return int(np.count_nonzero(counts == 1))
 
 
 def simhash_planes(seed: bytes, n_buckets: int, dim: int) -> np.ndarray:

@@ -84,6 +84,9 @@ __all__ = [
     "ShareDelivery",
     "UnmaskRequest",
     "UnmaskShares",
+    "ShareComplaint",
+    "ConvictionNotice",
+    "PairSeed",
     "MaskingAggregator",
     "MaskingClient",
 ]
@@ -95,6 +98,9 @@ _SIG = 64
 _DIR_ENTRY = 3 * _KEY + _SIG  # transport key | mask key | seed commitment | signature
 _SHARES = 2 * shamir.SHARE_BYTES
 _SEALED = 12 + _SHARES + 16
+#: One share row, sender -> recipient: the pair's two key commitments | sealed shares | the sender's
+#: Ed25519 signature of the row (so a recipient can prove what the sender sent; see ``_judge``).
+_ROW = 2 * _KEY + _SEALED + _SIG
 _U8 = ("|u1",)
 _MAX_FRAC_BITS = 24
 
@@ -113,12 +119,22 @@ class MaskingParams:
     bound: float = 32768.0
     #: The fewest fractional bits a round may use; a cohort too large for them is refused.
     min_frac_bits: int = 8
+    #: c: the most clients assumed to collude with a malicious coordinator. Every neighbourhood N
+    #: must have t > (|N| + min(c, |N| - 1)) / 2, or one view split between colluders and honest
+    #: share holders rebuilds both secrets of a client (Bonawitz et al. 2017, Bell et al. 2020).
+    colluders: int = 1
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.threshold < 1:
             raise ConfigError(f"privacy.threshold must be in [0.5, 1), got {self.threshold}")
         if self.degree < 0 or self.degree % 2:
             raise ConfigError(f"privacy.degree must be 0 (complete graph) or an even k >= 2, got {self.degree}")
+        if isinstance(self.colluders, bool) or not isinstance(self.colluders, int) or self.colluders < 0:
+            raise ConfigError(f"privacy.colluders must be an integer >= 0, got {self.colluders!r}")
+        if self.degree:
+            why = self.unsafe(self.degree + 1)
+            if why is not None:
+                raise ConfigError(f"privacy.degree {self.degree} is too small: {why}")
         if not 0 <= self.min_frac_bits <= _MAX_FRAC_BITS:
             raise ConfigError(f"privacy.min_frac_bits must be in 0..{_MAX_FRAC_BITS}, got {self.min_frac_bits}")
         try:
@@ -129,6 +145,23 @@ class MaskingParams:
     def check_cohort(self, n: int) -> FixedPoint:
         """The fixed point a cohort of ``n`` uses; ``ConfigError`` if it could wrap around."""
         return fixed_point_for(self.bound, n, self.min_frac_bits)
+
+    def unsafe(self, size: int) -> str | None:
+        """Why a neighbourhood of ``size`` members (the client included) is unsafe against
+        ``colluders`` colluding clients, or None. A coordinator that tells some share holders a
+        client survived and others that it dropped gets both of its secrets when the honest holders
+        of either view plus the colluders reach t twice: 2t <= |N| + c. The colluders are assumed to
+        sit wherever suits the coordinator (it picks cohorts), so no graph or cohort it grinds can
+        beat the rule."""
+        t = threshold(self.threshold, size)
+        c = min(self.colluders, size - 1)
+        if size >= 2 and 2 * t <= size + c:
+            return (
+                f"a neighbourhood of {size} with threshold {self.threshold:.4g} has t = {t}, and "
+                f"{c} colluder(s) need t > (|N| + c)/2 = {(size + c) / 2:g}; raise privacy.threshold "
+                f"or privacy.degree, or lower privacy.colluders"
+            )
+        return None
 
 
 def fixed_point_for(bound: float, n: int, min_frac_bits: int) -> FixedPoint:
@@ -173,7 +206,12 @@ def make_identities(client_ids: Sequence[str]) -> tuple[dict[str, Identity], dic
 
 def neighbour_graph(cohort: Sequence[str], binding: bytes, degree: int) -> dict[str, frozenset[str]]:
     """Each member's neighbours (not itself). Complete for ``degree == 0`` or a small cohort, else
-    a Harary graph H(degree, n) over a permutation drawn from a public seed of the round."""
+    a Harary graph H(degree, n) over a permutation drawn from a public seed of the round.
+
+    ``binding`` names the round without its attempt or broadcast (``_graph_binding``): a retry
+    under a new attempt number gets the same graph for the same cohort, so re-running a phase
+    draws nothing new. The coordinator still picks cohorts; ``MaskingParams.unsafe`` assumes the
+    colluders sit wherever suits it, so no graph it could reach that way breaks the threshold."""
     ids = sorted(cohort)
     n = len(ids)
     if degree == 0 or degree >= n - 1:
@@ -192,6 +230,14 @@ def neighbour_graph(cohort: Sequence[str], binding: bytes, degree: int) -> dict[
                 out[u].add(v)
                 out[v].add(u)
     return {u: frozenset(v) for u, v in out.items()}
+
+
+def _graph_binding(round_id: AggregationRound) -> bytes:
+    """The graph's public seed: the round without its attempt number or broadcast digest."""
+    return json.dumps(
+        ["secure-fcit/secagg-graph/v1", round_id.federation_id, round_id.stage, round_id.round, round_id.phase],
+        separators=(",", ":"),
+    ).encode()
 
 
 def _advert_bytes(binding: bytes, sender: str, transport: bytes, mask: bytes, commitment: bytes) -> bytes:
@@ -250,6 +296,83 @@ def _share_ad(binding: bytes, sender: str, recipient: str) -> bytes:
     return b"|".join([binding, b"share", sender.encode(), recipient.encode()])
 
 
+# ----------------------------------------------------------------------------- share rows, complaints
+# A sealed share row is accountable. Each direction of a pair has its own key for this sum only,
+# k(u->v) = HKDF(X25519(c_u, C_v), info = binding|share|u|v), and every row u sends v carries
+# H(k(lo->hi)) || H(k(hi->lo)) and u's signature. Both ends of a pair compute the same two
+# commitments before either has seen the other's row; the coordinator compares them and cuts a pair
+# that disagrees (neither end can prove the X25519 result, so neither is blamed; each loses one
+# neighbour, as if the other had dropped). When a row from u fails to open at v, v reveals
+# k(u->v) and signs the complaint. Anyone holding the directory then checks: u signed the row;
+# H(k) is the commitment u signed, so k is the key u bound itself to; the row does not open under
+# k: u is guilty. A key that is not the committed one, or a row that opens, convicts v instead.
+#
+# What k(u->v) exposes: it is used for exactly one ciphertext, u's row to v in this sum (the
+# other direction and the mask keys are separate HKDF outputs, SHA-256 hides k until revealed).
+# That row holds u's shares at v's x-coordinate, which v was meant to hold anyway. If u is guilty,
+# they are the attacker's own shares; if v complained falsely about an honest u, they are what the
+# malicious v already decrypted and could hand over. Either way the coordinator learns no more than
+# the party it drops already knew: no share of the complainer's secrets, no other pair's shares.
+def _direction(binding: bytes, sender: str, recipient: str) -> bytes:
+    return b"|".join([binding, b"share", sender.encode(), recipient.encode()])
+
+
+def _key_commitment(binding: bytes, sender: str, recipient: str, key: bytes) -> bytes:
+    return hashlib.sha256(b"|".join([binding, b"share-key", sender.encode(), recipient.encode(), key])).digest()
+
+
+def _pair_commitments(binding: bytes, me: str, peer: str, k_out: bytes, k_in: bytes) -> bytes:
+    """H(k(lo->hi)) || H(k(hi->lo)): the same 64 bytes at both ends of an honest pair."""
+    ours, theirs = _key_commitment(binding, me, peer, k_out), _key_commitment(binding, peer, me, k_in)
+    return ours + theirs if me < peer else theirs + ours
+
+
+def _commitment_of(commitments: bytes, sender: str, recipient: str) -> bytes:
+    return commitments[:_KEY] if sender < recipient else commitments[_KEY:]
+
+
+def _row_body(binding: bytes, sender: str, recipient: str, commitments: bytes, sealed: bytes) -> bytes:
+    return b"|".join([binding, b"share-row", sender.encode(), recipient.encode()]) + commitments + sealed
+
+
+def _split_row(row: bytes) -> tuple[bytes, bytes, bytes]:
+    """(commitments, sealed shares, signature) of one share row."""
+    return row[: 2 * _KEY], row[2 * _KEY : 2 * _KEY + _SEALED], row[2 * _KEY + _SEALED :]
+
+
+def _open_row(binding: bytes, sender: str, recipient: str, key: bytes, sealed: bytes) -> tuple[int, int] | None:
+    """The (seed share, key share) in ``sealed`` under ``key``, or None if it fails to open or parse."""
+    try:
+        plain = open_sealed(key, sealed, _share_ad(binding, sender, recipient))
+        return (shamir.share_from_bytes(plain[: shamir.SHARE_BYTES]),
+                shamir.share_from_bytes(plain[shamir.SHARE_BYTES :]))
+    except CryptoError:
+        return None
+
+
+def _complaint_bytes(binding: bytes, complainer: str, accused: str, key: bytes, row: bytes) -> bytes:
+    return b"|".join([binding, b"complaint", complainer.encode(), accused.encode()]) + key + row
+
+
+def _judge(
+    binding: bytes, directory: Mapping[str, bytes], complainer: str, accused: str, row: bytes, key: bytes,
+    signature: bytes,
+) -> tuple[str, str]:
+    """(guilty party, why) for ``complainer``'s signed complaint that ``accused``'s ``row`` failed.
+
+    Needs only public data and the revealed key, so the coordinator and every neighbour reach the
+    same verdict. Raises ``CryptoError`` when the complaint or the row is not signed by its author
+    (then there is nothing to judge: whoever produced it misbehaved)."""
+    verify(directory[complainer], signature, _complaint_bytes(binding, complainer, accused, key, row))
+    commitments, sealed, row_signature = _split_row(row)
+    verify(directory[accused], row_signature, _row_body(binding, accused, complainer, commitments, sealed))
+    if _key_commitment(binding, accused, complainer, key) != _commitment_of(commitments, accused, complainer):
+        return complainer, f"{complainer!r} revealed a key {accused!r} never committed to (a false complaint)"
+    if _open_row(binding, accused, complainer, key, sealed) is not None:
+        return complainer, f"{complainer!r} complained about {accused!r}'s shares, which open (a false complaint)"
+    return accused, f"{accused!r}'s sealed shares to {complainer!r} fail under the key it committed to"
+
+
 def _key_matches(raw: bytes, public: bytes) -> bool:
     """Whether ``raw`` is the X25519 private key of ``public``."""
     try:
@@ -301,7 +424,7 @@ class KeyDirectory(Message):
 
 @message_type
 class ShareUpload(Message):
-    """Client -> coordinator: one sealed (seed share, key share) per neighbour, for forwarding."""
+    """Client -> coordinator: one signed share row (sealed seed share and key share) per neighbour."""
 
     arrays: ClassVar[dict[str, tuple[tuple[str, ...], int]]] = {"ciphertexts": (_U8, 2)}
     recipients: tuple[str, ...]
@@ -309,12 +432,12 @@ class ShareUpload(Message):
 
     def _validate(self) -> None:
         check_ids("recipients", self.recipients)
-        _check_rows("ciphertexts", self.recipients, self.ciphertexts, _SEALED)
+        _check_rows("ciphertexts", self.recipients, self.ciphertexts, _ROW)
 
 
 @message_type
 class ShareDelivery(Message):
-    """Coordinator -> client: the sealed shares its neighbours made for it."""
+    """Coordinator -> client: the signed share rows its neighbours made for it."""
 
     arrays: ClassVar[dict[str, tuple[tuple[str, ...], int]]] = {"ciphertexts": (_U8, 2)}
     senders: tuple[str, ...]
@@ -322,7 +445,7 @@ class ShareDelivery(Message):
 
     def _validate(self) -> None:
         check_ids("senders", self.senders)
-        _check_rows("ciphertexts", self.senders, self.ciphertexts, _SEALED)
+        _check_rows("ciphertexts", self.senders, self.ciphertexts, _ROW)
 
 
 @message_type
@@ -362,6 +485,64 @@ class UnmaskShares(Message):
         _check_rows("key_shares", self.key_owners, self.key_shares, shamir.SHARE_BYTES)
 
 
+@message_type
+class ShareComplaint(Message):
+    """Client -> coordinator, before its masked input: the rows from ``accused`` failed to open.
+
+    Per accused sender: the revealed key k(accused -> complainer) of this sum and the complainer's
+    signature of (accused, key, row). See ``_judge`` for the verdict and what the key exposes."""
+
+    arrays: ClassVar[dict[str, tuple[tuple[str, ...], int]]] = {"keys": (_U8, 2), "signatures": (_U8, 2)}
+    accused: tuple[str, ...]
+    keys: np.ndarray
+    signatures: np.ndarray
+
+    def _validate(self) -> None:
+        check_ids("accused", self.accused)
+        if not self.accused:
+            raise ConfigError("a complaint names at least one sender")
+        _check_rows("keys", self.accused, self.keys, _KEY)
+        _check_rows("signatures", self.accused, self.signatures, _SIG)
+
+
+@message_type
+class ConvictionNotice(Message):
+    """Coordinator -> a neighbour that masked with ``convicted``: the evidence of one complaint.
+
+    The neighbour re-runs ``_judge`` on it and, only if it convicts ``convicted`` too, answers with
+    a ``PairSeed``."""
+
+    convicted: str
+    complainer: str
+    accused: str
+    row: bytes
+    key: bytes
+    complaint_signature: bytes
+
+    def _validate(self) -> None:
+        for name in ("convicted", "complainer", "accused"):
+            check_id(name, getattr(self, name))
+        if self.convicted not in (self.complainer, self.accused) or self.complainer == self.accused:
+            raise ConfigError("a conviction names the complainer or the accused of one complaint")
+        check_bytes("row", self.row, _ROW)
+        check_bytes("key", self.key, _KEY)
+        check_bytes("complaint_signature", self.complaint_signature, _SIG)
+
+
+@message_type
+class PairSeed(Message):
+    """Client -> coordinator: its pairwise mask seed with a convicted neighbour (empty if it did
+    not mask with it), so the coordinator takes that mask out of the client's masked input."""
+
+    convicted: str
+    seed: bytes
+
+    def _validate(self) -> None:
+        check_id("convicted", self.convicted)
+        if not isinstance(self.seed, bytes) or len(self.seed) not in (0, _KEY):
+            raise ConfigError(f"seed must be empty or {_KEY} bytes")
+
+
 def _rows(items: Sequence[bytes], width: int) -> np.ndarray:
     if not items:
         return np.zeros((0, width), dtype=np.uint8)
@@ -381,10 +562,14 @@ class _Round:
         self.round_id = round_id
         self.cohort = ids
         self.binding = round_id.binding("secagg")
-        self.graph = neighbour_graph(ids, self.binding, params.degree)
+        self.graph = neighbour_graph(ids, _graph_binding(round_id), params.degree)
         self.x = {c: i + 1 for i, c in enumerate(ids)}  # Shamir x-coordinate of each holder
         self.fp = params.check_cohort(len(ids))
         self.params = params
+        for size in sorted({len(self.graph[u]) + 1 for u in ids}):
+            why = params.unsafe(size)
+            if why is not None:
+                raise LocalProtocolError(f"refusing this secure sum: {why}", stage=_STAGE)
 
     def closed(self, u: str) -> frozenset[str]:
         """u's neighbourhood including u: the holders of u's shares."""
@@ -406,6 +591,7 @@ class _ClientSession:
         self.held: dict[str, tuple[int, int]] = {}  # owner -> (seed share, key share) I hold
         self.signed: tuple[str, ...] | None = None
         self.revealed: dict[str, str] = {}  # owner -> "seed" | "key"
+        self.masked_with: set[str] = set()  # neighbours whose rows opened: a pairwise mask each
 
 
 class MaskingClient(ClientAggregator):
@@ -413,7 +599,7 @@ class MaskingClient(ClientAggregator):
 
     kind: ClassVar[str] = "masking"
     message_types: ClassVar[tuple[type[Message], ...]] = (
-        KeyDirectory, ShareDelivery, SignedList, UnmaskRequest,
+        KeyDirectory, ShareDelivery, SignedList, UnmaskRequest, ConvictionNotice,
     )
 
     def __init__(self, identity: Identity, directory: Mapping[str, bytes], params: MaskingParams) -> None:
@@ -467,6 +653,8 @@ class MaskingClient(ClientAggregator):
         rnd = session.rnd
         if not rnd.round_id.binds(message):
             raise RemoteProtocolError(f"{type(message).__name__} is for another sum", stage=_STAGE)
+        if isinstance(message, ConvictionNotice):  # between the masked input and the survivor list
+            return self._on_conviction(session, message)
         expected = {
             "advertise": KeyDirectory,
             "share": ShareDelivery,
@@ -531,12 +719,50 @@ class MaskingClient(ClientAggregator):
             if holder == me:
                 session.held[me] = (seed_shares[x], key_shares[x])
                 continue
-            key = self._agree(session.transport, session.adverts[holder][0], rnd.binding + b"|share", holder)
             plain = shamir.share_to_bytes(seed_shares[x]) + shamir.share_to_bytes(key_shares[x])
             recipients.append(holder)
-            sealed.append(seal(key, plain, _share_ad(rnd.binding, me, holder)))
+            sealed.append(self._seal_share(session, holder, plain))
         session.stage = "share"
-        return [self._message(ShareUpload, recipients=tuple(recipients), ciphertexts=_rows(sealed, _SEALED))]
+        return [self._message(ShareUpload, recipients=tuple(recipients), ciphertexts=_rows(sealed, _ROW))]
+
+    # -- share rows (sealing, opening, complaints)
+    def _pair_keys(self, session: _ClientSession, peer: str) -> tuple[bytes, bytes]:
+        """(k(me -> peer), k(peer -> me)) for this sum."""
+        rnd, me, theirs = session.rnd, self.client_id, session.adverts[peer][0]
+        return (self._agree(session.transport, theirs, _direction(rnd.binding, me, peer), peer),
+                self._agree(session.transport, theirs, _direction(rnd.binding, peer, me), peer))
+
+    def _seal_share(self, session: _ClientSession, holder: str, plain: bytes) -> bytes:
+        """The signed row carrying ``plain`` (this client's two shares at ``holder``) to ``holder``."""
+        k_out, k_in = self._pair_keys(session, holder)
+        commitments = _pair_commitments(session.rnd.binding, self.client_id, holder, k_out, k_in)
+        return self._sign_row(session, holder, commitments, seal(k_out, plain, _share_ad(
+            session.rnd.binding, self.client_id, holder)))
+
+    def _sign_row(self, session: _ClientSession, holder: str, commitments: bytes, sealed: bytes) -> bytes:
+        body = _row_body(session.rnd.binding, self.client_id, holder, commitments, sealed)
+        return commitments + sealed + self.identity.signing.sign(body)
+
+    def _open_share(self, session: _ClientSession, sender: str, row: bytes) -> tuple[tuple[int, int] | None, bytes]:
+        """(the shares in ``sender``'s row or None if they fail, k(sender -> me)). A row the sender
+        did not sign, or whose commitments are not this pair's, was altered by the coordinator (it
+        checks both before forwarding): refused, since no complaint could pin it on the sender."""
+        rnd, me = session.rnd, self.client_id
+        commitments, sealed, signature = _split_row(row)
+        try:
+            verify(self.directory[sender], signature, _row_body(rnd.binding, sender, me, commitments, sealed))
+        except CryptoError:
+            raise RemoteProtocolError(
+                f"the coordinator forwarded a share row that {sender!r} did not sign", stage=_STAGE
+            ) from None
+        k_out, k_in = self._pair_keys(session, sender)
+        if commitments != _pair_commitments(rnd.binding, me, sender, k_out, k_in):
+            raise RemoteProtocolError(
+                f"the coordinator forwarded {sender!r}'s row although its key commitments differ from "
+                "this client's (it must cut that pair)",
+                stage=_STAGE,
+            )
+        return _open_row(rnd.binding, sender, me, k_in, sealed), k_in
 
     # -- phase 3: masked input
     def _on_shares(self, session: _ClientSession, message: ShareDelivery) -> list[Message]:
@@ -548,27 +774,68 @@ class MaskingClient(ClientAggregator):
             raise RemoteProtocolError(
                 f"only {len(senders)} neighbours shared keys; t = {rnd.t(me)}", stage=_STAGE
             )
+        # A row that fails to open does not make this client leave (that let one member evict every
+        # honest neighbour): it stays, masks only with the senders whose rows opened, and files a
+        # complaint the coordinator and every neighbour can check (``_judge``).
+        accused, keys, signatures = [], [], []
         for i, sender in enumerate(senders):
-            key = self._agree(session.transport, session.adverts[sender][0], rnd.binding + b"|share", sender)
-            try:
-                plain = open_sealed(key, message.ciphertexts[i].tobytes(), _share_ad(rnd.binding, sender, me))
-                session.held[sender] = (
-                    shamir.share_from_bytes(plain[: shamir.SHARE_BYTES]),
-                    shamir.share_from_bytes(plain[shamir.SHARE_BYTES :]),
-                )
-            except CryptoError:
-                raise RemoteProtocolError(f"the shares from {sender!r} failed authentication", stage=_STAGE) from None
+            row = message.ciphertexts[i].tobytes()
+            shares, k_in = self._open_share(session, sender, row)
+            if shares is None:
+                accused.append(sender)
+                keys.append(k_in)
+                signatures.append(self.identity.signing.sign(_complaint_bytes(rnd.binding, me, sender, k_in, row)))
+                continue
+            session.held[sender] = shares
+            session.masked_with.add(sender)
         n = session.encoded.size
         y = session.encoded + expand_mask(session.seed, n)  # uint32 arithmetic wraps mod 2^32
-        for sender in senders:
-            pair = self._agree(session.mask, session.adverts[sender][1], rnd.binding + b"|mask", sender)
+        for sender in sorted(session.masked_with):
+            pair = self._mask_seed(session, sender)
             if me < sender:
                 y += expand_mask(pair, n)
             else:
                 y -= expand_mask(pair, n)
         session.stage = "masked"
         session.encoded = np.zeros(0, dtype=np.uint32)  # the plain encoding is no longer needed
-        return [session.upload(y, ENCODING)]
+        out: list[Message] = []
+        if accused:  # before the masked input: the coordinator must not close the stage without it
+            out.append(self._message(
+                ShareComplaint, accused=tuple(accused), keys=_rows(keys, _KEY), signatures=_rows(signatures, _SIG)
+            ))
+        return [*out, session.upload(y, ENCODING)]
+
+    def _mask_seed(self, session: _ClientSession, peer: str) -> bytes:
+        return self._agree(session.mask, session.adverts[peer][1], session.rnd.binding + b"|mask", peer)
+
+    def _on_conviction(self, session: _ClientSession, message: ConvictionNotice) -> list[Message]:
+        """Re-judge the complaint; if ``convicted`` is guilty, reveal this pair's mask seed and drop
+        its shares. The seed is a secret only between this client and a proven-bad member, which
+        knows it already; this client's input stays under its self mask and its other pairs' masks.
+        Without a valid proof nothing is revealed: a coordinator cannot strip masks at will."""
+        rnd, me = session.rnd, self.client_id
+        convicted = message.convicted
+        if session.stage != "masked":
+            raise RemoteProtocolError(f"a conviction notice in secure-sum stage {session.stage!r}", stage=_STAGE)
+        if convicted == me or convicted not in session.adverts:
+            raise RemoteProtocolError("a conviction notice about a non-neighbour or this client", stage=_STAGE)
+        if message.complainer not in self.directory or message.accused not in self.directory:
+            raise RemoteProtocolError("a conviction notice names a client outside the directory", stage=_STAGE)
+        try:
+            guilty, _ = _judge(rnd.binding, self.directory, message.complainer, message.accused, message.row,
+                               message.key, message.complaint_signature)
+        except CryptoError:
+            guilty = None
+        if guilty != convicted:
+            raise RemoteProtocolError(
+                f"the evidence against {convicted!r} does not convict it; no mask seed revealed", stage=_STAGE
+            )
+        seed = b""
+        if convicted in session.masked_with:
+            seed = self._mask_seed(session, convicted)
+            session.masked_with.discard(convicted)
+        session.held.pop(convicted, None)  # a convicted member's shares are never revealed
+        return [self._message(PairSeed, convicted=convicted, seed=seed)]
 
     # -- phase 4: consistency check
     def _on_survivors(self, session: _ClientSession, message: SignedList) -> list[Message]:
@@ -600,6 +867,7 @@ class MaskingClient(ClientAggregator):
             )
         body = _survivors_bytes(rnd.binding, survivors)
         valid = 0
+        neighbourhood = rnd.closed(me)
         for i, signer in enumerate(message.signers):
             if signer not in survivors:
                 raise RemoteProtocolError(f"signer {signer!r} is not a survivor", stage=_STAGE)
@@ -607,10 +875,15 @@ class MaskingClient(ClientAggregator):
                 verify(self.directory[signer], message.signatures[i].tobytes(), body)
             except CryptoError:
                 raise RemoteProtocolError(f"{signer!r}'s survivor-list signature is bad", stage=_STAGE) from None
-            valid += 1
+            # Only the holders of this client's shares count: signatures from elsewhere in the
+            # cohort say nothing about what this client's neighbours were told (split view).
+            valid += signer in neighbourhood
         need = rnd.t(me)
         if valid < need:
-            raise RemoteProtocolError(f"only {valid} clients signed the survivor list; t = {need}", stage=_STAGE)
+            raise RemoteProtocolError(
+                f"only {valid} of this client's neighbours signed the survivor list; t = {need}", stage=_STAGE
+            )
+        self._released(rnd.round_id)  # persisted before any share leaves: the sum can complete after
         seed_owners, seed_shares, key_owners, key_shares = [], [], [], []
         alive = set(survivors)
         for owner in sorted(session.held):
@@ -678,7 +951,7 @@ class MaskingAggregator(SecureAggregator):
     kind: ClassVar[str] = "masking"
     encoding: ClassVar[str] = ENCODING
     message_types: ClassVar[tuple[type[Message], ...]] = (
-        KeyAdvert, ShareUpload, ListSignature, UnmaskShares,
+        KeyAdvert, ShareUpload, ListSignature, UnmaskShares, ShareComplaint, PairSeed,
     )
 
     def __init__(
@@ -709,6 +982,13 @@ class MaskingAggregator(SecureAggregator):
         self._failure: str | None = None
         self._result: Aggregate | None = None
         self.stage_sets: dict[str, tuple[str, ...]] = {}
+        self._rows: dict[tuple[str, str], bytes] = {}  # (sender, recipient) -> forwarded share row
+        self._complained: set[str] = set()
+        self._awaiting: dict[str, set[str]] = {}  # member -> convicted neighbours it owes a PairSeed
+        #: members dropped on a checked complaint (the guilty sender, or a false complainer) -> why
+        self.convicted: dict[str, str] = {}
+        #: pairs whose two key commitments differed: neither end could be blamed, so the pair is cut
+        self.cut_pairs: list[tuple[str, str]] = []
 
     # -- interface
     def begin(self, round_id: AggregationRound, cohort: Sequence[str], vector_length: int) -> list[Outgoing]:
@@ -734,6 +1014,8 @@ class MaskingAggregator(SecureAggregator):
         rnd = self._open()
         if sender not in self._expected or sender in self._gone:
             raise RemoteProtocolError(f"{sender!r} is not expected in secure-sum stage {self._stage!r}", stage=_STAGE)
+        if isinstance(message, ShareComplaint | PairSeed):  # outside the one-answer-per-stage count
+            return self._on_dispute(sender, message)
         if sender in self._answers:
             raise RemoteProtocolError(f"duplicate {type(message).__name__} from {sender!r}", stage=_STAGE)
         if message.sender != sender or not rnd.round_id.binds(message):
@@ -763,7 +1045,8 @@ class MaskingAggregator(SecureAggregator):
     def pending(self) -> frozenset[str]:
         if self._rnd is None or self._result is not None or self._failure is not None:
             return frozenset()
-        return frozenset(self._expected - set(self._answers) - self._gone)
+        owing = {u for u, convicted in self._awaiting.items() if convicted}
+        return frozenset((self._expected - set(self._answers) | owing) - self._gone)
 
     # -- per-stage checks of one message
     def _check_advertise(self, sender: str, message: KeyAdvert) -> None:
@@ -838,7 +1121,7 @@ class MaskingAggregator(SecureAggregator):
     def _advance(self) -> list[Outgoing]:
         if self._failure is not None or self._result is not None:
             return []
-        if not self._expected <= set(self._answers) | self._gone:
+        if not self._expected <= set(self._answers) | self._gone or self._disputes_open():
             return []  # still waiting
         answered = tuple(sorted(set(self._answers) - self._gone))
         handler = getattr(self, f"_after_{self._stage}")

@@ -4,12 +4,21 @@ Both sides use TLS 1.3 only, with certificates of the federation CA required and
 (``certs init|issue``); the client also checks the server's name against its certificate. A
 client's identity is the common name of its certificate, taken from the verified TLS session and
 never from anything it says: every message it sends is bound to that identity (``bind_sender``).
+The server issues no session tickets (``OP_NO_TICKET``, ``num_tickets = 0``) and neither side
+reuses a session: every connection is authenticated by a full handshake with a certificate, so a
+revoked certificate cannot ride on a resumed session. A certificate revoked by the federation's
+CRL (``certs revoke``, ``crl.pem``) is refused: by the server after the handshake with a reason it
+logs (``accept(revoked=...)``), by a client during the handshake (``VERIFY_CRL_CHECK_LEAF``).
 
 Frames: a 4-byte big-endian length, then that many bytes (a codec-encoded message, or the JSON of
 the opening handshake). A frame over ``max_size`` is refused *before* it is read, so a 4 GiB
 length prefix costs nothing. The opening handshake: the client sends ``{"hello": "secure-fcit",
 "version": V, "federation_id": F}``; the server answers ``{"welcome": <client id>}`` or
 ``{"error": <reason>}`` and closes (a version or federation mismatch names both sides' values).
+The server checks the certificate against the revocation list and the roster (``allowed``)
+*before* it reads anything, so a non-member never gets to send a frame, and a member's hello is
+held to 4 KiB and ``hello_timeout`` seconds; only a welcomed member's frames may reach
+``max_size``. Handshake JSON nested deeper than ``codec.MAX_JSON_DEPTH`` is refused unparsed.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from pathlib import Path
 
 from secure_fcit.crypto.certs import load_private_key
 from secure_fcit.errors import ConfigError, RemoteProtocolError
-from secure_fcit.protocols.codec import VERSION, decode
+from secure_fcit.protocols.codec import VERSION, check_nesting, decode
 from secure_fcit.protocols.messages import Message, check_id
 
 __all__ = [
@@ -30,6 +39,7 @@ __all__ = [
     "server_context",
     "client_context",
     "peer_identity",
+    "peer_serial",
     "read_frame",
     "write_frame",
     "Connection",
@@ -56,21 +66,43 @@ def _tls13(purpose: int, ca: str | Path, cert: str | Path, key: str | Path) -> s
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_mode = ssl.CERT_REQUIRED
+    # No resumption: a resumed TLS 1.3 session carries the first handshake's identity without a
+    # certificate being shown again (and without a revocation check).
+    ctx.options |= ssl.OP_NO_TICKET
     ctx.load_cert_chain(str(cert), str(key))
     ctx.load_verify_locations(str(ca))
     return ctx
 
 
 def server_context(ca: str | Path, cert: str | Path, key: str | Path) -> ssl.SSLContext:
-    """TLS 1.3 only; a client certificate of the federation CA is required."""
-    return _tls13(0, ca, cert, key)
+    """TLS 1.3 only; a client certificate of the federation CA is required; no session tickets.
+
+    Revocation is checked by ``accept`` after the handshake, so that the refusal is logged.
+    """
+    ctx = _tls13(0, ca, cert, key)
+    ctx.num_tickets = 0  # OP_NO_TICKET alone still issues stateful TLS 1.3 tickets
+    return ctx
 
 
-def client_context(ca: str | Path, cert: str | Path, key: str | Path) -> ssl.SSLContext:
-    """TLS 1.3 only; the server's certificate and host name are verified against the federation CA."""
+def client_context(ca: str | Path, cert: str | Path, key: str | Path, crl: str | Path | None = None
+                   ) -> ssl.SSLContext:
+    """TLS 1.3 only; the server's certificate and host name are verified against the federation CA
+    and, with ``crl`` (the federation's ``crl.pem``), refused when revoked."""
     ctx = _tls13(1, ca, cert, key)
     ctx.check_hostname = True
+    if crl is not None:
+        _check_files(crl)
+        ctx.load_verify_locations(str(crl))
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return ctx
+
+
+def peer_serial(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> int:
+    """The serial number of the verified peer's certificate (what a CRL lists)."""
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    if not cert or "serialNumber" not in cert:
+        raise RemoteProtocolError("the peer presented no verified certificate", stage=_STAGE)
+    return int(cert["serialNumber"], 16)
 
 
 def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str:
@@ -159,16 +191,39 @@ async def accept(
     writer: asyncio.StreamWriter,
     *,
     federation_id: str,
-    allowed: set[str] | None = None,
+    allowed: set[str] | frozenset[str],
     max_size: int,
     timeout: float,
+    hello_timeout: float | None = None,
+    revoked: frozenset[int] = frozenset(),
 ) -> Connection:
-    """Server side of the opening handshake on a fresh TLS connection."""
+    """Server side of the opening handshake on a fresh TLS connection.
+
+    ``allowed``: the roster; any other certificate of the CA is refused before a byte is read.
+    ``revoked``: certificate serial numbers of the federation's CRL. ``hello_timeout`` (default
+    ``timeout``) bounds the whole hello, however slowly its bytes trickle in.
+    """
+    ssl_object = writer.get_extra_info("ssl_object")
     try:
-        identity = peer_identity(writer.get_extra_info("ssl_object"))
+        identity = peer_identity(ssl_object)
+        serial = peer_serial(ssl_object)
     except RemoteProtocolError as exc:
         raise await _refuse(writer, str(exc)) from None
-    raw = await read_frame(reader, _HELLO_MAX, timeout)
+    if serial in revoked:
+        raise await _refuse(writer, f"{identity}'s certificate (serial {serial:x}) is revoked by the federation CRL")
+    if identity not in allowed:
+        raise await _refuse(writer, f"{identity} is not a client of this federation")
+    limit = timeout if hello_timeout is None else hello_timeout
+    try:
+        raw = await asyncio.wait_for(read_frame(reader, _HELLO_MAX, timeout), limit)
+    except TimeoutError:
+        raise await _refuse(writer, f"{identity}: no hello within {limit:g} s") from None
+    except RemoteProtocolError as exc:
+        raise await _refuse(writer, f"{identity}: bad hello: {exc}") from None
+    try:
+        check_nesting(raw, f"{identity}'s hello", stage=_STAGE)
+    except RemoteProtocolError as exc:
+        raise await _refuse(writer, str(exc)) from None
     try:
         hello = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
@@ -183,8 +238,6 @@ async def accept(
         raise await _refuse(
             writer, f"{identity} asked for federation {hello.get('federation_id')!r:.80}; this is {federation_id!r}"
         )
-    if allowed is not None and identity not in allowed:
-        raise await _refuse(writer, f"{identity} is not a client of this federation")
     await write_frame(writer, json.dumps({"welcome": identity}).encode())
     return Connection(identity, reader, writer, max_size, timeout)
 
@@ -211,7 +264,12 @@ async def connect(
         await write_frame(
             writer, json.dumps({"hello": "secure-fcit", "version": VERSION, "federation_id": federation_id}).encode()
         )
-        answer = json.loads(await read_frame(reader, _HELLO_MAX, timeout))
+        raw = await read_frame(reader, _HELLO_MAX, timeout)
+        check_nesting(raw, "the server's answer to hello", stage=_STAGE)
+        answer = json.loads(raw)
+    except RemoteProtocolError:
+        writer.close()
+        raise
     except (ConnectionError, ssl.SSLError, OSError) as exc:
         writer.close()
         raise RemoteProtocolError(f"the server closed the connection during the hello: {exc}", stage=_STAGE) from None

@@ -6,23 +6,41 @@ aggregation kind other than the worker's own raises ``RemoteProtocolError`` and 
 ``error`` (a later call raises ``LocalProtocolError``). In the token phase it sends its SimHash
 bucket vector, in a round its update vector (layouts in ``layout``), both through its
 ``ClientAggregator``; it never sends a plaintext vector unless configured with the plaintext client.
+
+It also holds the coordinator to the worker's own configuration, so that a lying coordinator gets
+sums only:
+- **Released once.** Right before the step after which a sum holding its input can complete, the
+  worker marks that (stage, round, phase) released (``released``; ``on_release`` persists it). A
+  later attempt of a released phase gets a fresh input or nothing: the token phase is refused (a
+  token is never released twice); a round is retrained only by a learner that draws fresh DP noise
+  and is charged again (``fresh_randomness``), else refused. Subtracting two sums therefore never
+  cancels everyone but one client.
+- **Cohort floor.** A cohort smaller than ``min_cohort`` is refused: the coordinator cannot isolate
+  a client in a cohort of itself and a colluder.
+- **Parameters.** ``n_buckets`` and ``tau`` must equal the worker's, the SimHash seed must be the
+  public one of (federation, stage, attempt), and attempts are bounded by ``max_attempt``.
+- **One broadcast.** Every sum is bound to the SHA-256 of the broadcast the worker trained on
+  (``aggregation.state_digest``): clients sent different states cannot complete a sum together.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from secure_fcit.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from secure_fcit.protocols import states as S
-from secure_fcit.protocols.aggregation import AggregationRound, ClientAggregator
+from secure_fcit.protocols.aggregation import AggregationRound, ClientAggregator, state_digest
 from secure_fcit.protocols.codec import decode
 from secure_fcit.protocols.coordinator import DEFAULT_MAX_MESSAGE_SIZE
 from secure_fcit.protocols.interfaces import Learner
 from secure_fcit.protocols.layout import (
     choose_slot,
+    public_hash_seed,
     simhash_planes,
     token_block,
     token_vector,
@@ -49,6 +67,7 @@ _TOKEN_NORM_TOLERANCE = 1e-3
 _NO_DATA = "no training data in this stage"
 
 
+
 class Worker:
     """Client side of the federation (see module docstring)."""
 
@@ -61,6 +80,11 @@ class Worker:
         *,
         coordinator_id: str = COORDINATOR_ID,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        min_cohort: int = 2,
+        n_buckets: int | None = None,
+        tau: float | None = None,
+        max_attempt: int = 4,
+        on_release: Callable[[dict[tuple[int, int, str], int]], None] | None = None,
     ) -> None:
         self.federation_id = check_id("federation_id", federation_id)
         self.client_id = check_id("client_id", client_id)
@@ -70,6 +94,17 @@ class Worker:
         self.learner = learner
         self.aggregator = client_aggregator
         self.max_message_size = check_int("max_message_size", max_message_size, 64)
+        #: the fewest cohort members this worker contributes with (its own floor, not the coordinator's)
+        self.min_cohort = check_int("min_cohort", min_cohort, 2)
+        self.n_buckets = None if n_buckets is None else check_int("n_buckets", n_buckets, 2)
+        if tau is not None and not (isinstance(tau, int | float) and math.isfinite(tau) and 0 < tau <= 1):
+            raise LocalProtocolError(f"tau must be in (0, 1], got {tau!r}")
+        self.tau = tau
+        self.max_attempt = check_int("max_attempt", max_attempt, 0)
+        #: (stage, round, phase) -> attempt whose sum this worker let complete (see module docstring)
+        self.released: dict[tuple[int, int, str], int] = {}
+        self.on_release = on_release
+        client_aggregator.release_hook = self._on_release
         self._state = S.IDLE
         self._error: str | None = None
         self._stage_key: tuple[int, int] | None = None  # (stage, attempt) of the last StageStart
@@ -123,6 +158,7 @@ class Worker:
                 "n_samples": self._n_samples,
                 "slots": self.slots,
                 "started": self.started,
+                "released": self.released,
             }
         )
 
@@ -134,6 +170,13 @@ class Worker:
         self._tokens, self._active, self._token = snap["tokens"], tuple(snap["active"]), snap["token"]
         self._n_samples, self.slots, self._error = snap["n_samples"], snap["slots"], None
         self.mark_started(snap.get("started"))
+        self.restore_released(snap.get("released", {}))
+
+    def restore_released(self, released: dict[tuple[int, int, str], int]) -> None:
+        """Add release marks kept on disk; never forgets one this worker holds already."""
+        for key, attempt in released.items():
+            key = (int(key[0]), int(key[1]), str(key[2]))
+            self.released[key] = max(int(attempt), self.released.get(key, int(attempt)))
 
     def mark_started(self, key: tuple[int, int, int] | None) -> None:
         """Never begin the sum ``key`` = (stage, round, attempt) or an earlier one (see ``started``)."""
@@ -162,6 +205,12 @@ class Worker:
             )
         self._check_binding(message, stage)
         if isinstance(message, StageStart | RoundStart):
+            if message.attempt > self.max_attempt:
+                raise RemoteProtocolError(
+                    f"{type(message).__name__} attempt {message.attempt} exceeds this worker's max_attempt "
+                    f"{self.max_attempt}: a coordinator re-running a phase that often is refused",
+                    stage=stage,
+                )
             key = (message.stage, message.round, message.attempt)
             if self.started is not None and key <= self.started:
                 raise RemoteProtocolError(
@@ -232,6 +281,8 @@ class Worker:
         return []
 
     def _on_stage_start(self, message: StageStart) -> list[Message]:
+        stage = f"stage {message.stage}"
+        self._check_stage_parameters(message, stage)
         self._stage_key, self._round_key = (message.stage, message.attempt), None
         self._tokens, self._active, self._token = message.tokens, (), None
         self._check_kind(message.aggregation, message.stage)
@@ -240,6 +291,13 @@ class Worker:
             return []
         if self._n_samples == 0:
             return [self._reply(Refusal, message, reason=_NO_DATA)]
+        released = self.released.get((message.stage, -1, "token"))
+        if released is not None:
+            return [self._reply(Refusal, message, reason=(
+                f"this client's identity token for stage {message.stage} was released in attempt "
+                f"{released}; a token is never released twice"))]
+        if (floor := self._below_floor(message.cohort)) is not None:
+            return [self._reply(Refusal, message, reason=floor)]
         reason = self.learner.refuse_reason(message.stage, -1)  # round -1: the token phase
         if reason is not None:
             return [self._reply(Refusal, message, reason=str(reason)[:1000])]
@@ -247,7 +305,8 @@ class Worker:
         planes = simhash_planes(message.hash_seed, message.n_buckets, token.size)
         block = token_block(token, message.tokens, message.tau, planes)
         vector = token_vector(token, self._n_samples, block, len(message.tokens) + message.n_buckets)
-        round_id = AggregationRound(message.federation_id, message.stage, -1, message.attempt, "token")
+        round_id = AggregationRound(message.federation_id, message.stage, -1, message.attempt, "token",
+                                    state_digest(message.tokens, message))
         return self.aggregator.begin(
             round_id,
             message.cohort,
@@ -270,9 +329,15 @@ class Worker:
                 f"RoundStart slots {message.active} differ from the plan's", stage=stage
             )
         self._check_kind(message.aggregation, message.stage)
-        reason = (
-            _NO_DATA if self._n_samples == 0 else self.learner.refuse_reason(message.stage, message.round)
-        )
+        reason = self._below_floor(message.cohort)
+        released = self.released.get((message.stage, message.round, "update"))
+        if reason is None and released is not None and not getattr(self.learner, "fresh_randomness", False):
+            reason = (f"this client's update for stage {message.stage} round {message.round} was released in "
+                      f"attempt {released}; without fresh DP noise it cannot contribute to a second sum")
+        if reason is None:
+            reason = (
+                _NO_DATA if self._n_samples == 0 else self.learner.refuse_reason(message.stage, message.round)
+            )
         if reason is not None:
             return [self._reply(Refusal, message, reason=str(reason)[:1000])]
         slot = choose_slot(self._identity_token(message.stage), self._tokens, self._active)
@@ -287,7 +352,8 @@ class Worker:
         self.slots[(message.stage, message.round)] = slot
         vector = update_vector(delta, self._n_samples, position, len(self._active))
         round_id = AggregationRound(
-            message.federation_id, message.stage, message.round, message.attempt, "update"
+            message.federation_id, message.stage, message.round, message.attempt, "update",
+            state_digest(self._tokens, message),
         )
         return self.aggregator.begin(
             round_id,
@@ -297,6 +363,36 @@ class Worker:
         )
 
     # ----------------------------------------------------------------- helpers
+    def _on_release(self, round_id: AggregationRound) -> None:
+        """The aggregator is about to let a sum holding this worker's input complete."""
+        key = round_id.phase_key
+        previous = self.released.get(key)
+        if previous is not None and previous != round_id.attempt and key[2] == "token":
+            raise LocalProtocolError(
+                f"identity token of stage {key[0]} already released in attempt {previous}", stage=f"stage {key[0]}"
+            )
+        self.released[key] = round_id.attempt
+        if self.on_release is not None:  # persist before the step is taken; a failure stops it
+            self.on_release(dict(self.released))
+
+    def _below_floor(self, cohort: tuple[str, ...]) -> str | None:
+        if len(cohort) < self.min_cohort:
+            return (f"a cohort of {len(cohort)} is below this client's floor of {self.min_cohort} "
+                    "(privacy.min_cohort): too small to hide one client's input")
+        return None
+
+    def _check_stage_parameters(self, message: StageStart, stage: str) -> None:
+        """StageStart parameters against the worker's own configuration (mismatch: refused)."""
+        wrong = []
+        if self.n_buckets is not None and message.n_buckets != self.n_buckets:
+            wrong.append(f"n_buckets {message.n_buckets} (this worker's fcit.n_buckets is {self.n_buckets})")
+        if self.tau is not None and abs(message.tau - self.tau) > 1e-9:
+            wrong.append(f"tau {message.tau:g} (this worker's fcit.tau is {self.tau:g})")
+        if message.hash_seed != public_hash_seed(self.federation_id, message.stage, message.attempt):
+            wrong.append("a SimHash seed other than the public one of (federation, stage, attempt)")
+        if wrong:
+            raise RemoteProtocolError("StageStart carries " + "; ".join(wrong), stage=stage)
+
     def _identity_token(self, stage: int) -> np.ndarray:
         if self._token is None:
             token = np.asarray(self.learner.identity_token(stage), dtype=np.float64)

@@ -139,7 +139,8 @@ def test_a_client_cannot_send_messages_under_another_clients_id(pki):
         result: dict = {}
 
         async def handler(reader, writer):
-            conn = await accept(reader, writer, federation_id=FED, max_size=MAX, timeout=5)
+            conn = await accept(reader, writer, federation_id=FED, allowed={"client-1", "client-2"}, max_size=MAX,
+                                timeout=5)
             result["checked"] = await then(conn)
 
         server = await asyncio.start_server(

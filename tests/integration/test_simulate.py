@@ -22,7 +22,7 @@ def micro_config(model_dir, cache, strategy="disco", setting="hom", kind="task",
                  device="auto", **fcit):
     het = setting == "het"
     return config_from_dict({
-        "privacy": {"aggregation": aggregation},
+        "privacy": {"aggregation": aggregation, "min_cohort": 2, "ckks_k_min": 2},
         "model": {"path": str(model_dir), "cache_dir": str(cache), "device": device},
         "data": {"n_train": 10, "n_test": 2, "image_size": 32},
         "eval": {"batch_size": 16, "max_new_tokens": 6},

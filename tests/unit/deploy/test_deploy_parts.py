@@ -18,12 +18,14 @@ from secure_fcit.protocols.codec import encode
 from secure_fcit.protocols.messages import Refusal
 from tests.unit.protocols._support import build_federation, client
 
+KEY = bytes(range(32))  # the checkpoint MAC key (a server makes its own from os.urandom)
+
 
 def test_a_checkpoint_round_trips_arrays_and_plain_data(tmp_path):
     tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": [1, "x", None, {"c": np.ones(2, np.float64)}],
             "big": 2**100, "t": (1, 2)}
-    save_checkpoint(tmp_path, tree)
-    back = load_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, tree, key=KEY)
+    back = load_checkpoint(tmp_path, key=KEY)
     assert back["a"].dtype == np.float32 and np.array_equal(back["a"], tree["a"])
     assert back["b"][:3] == [1, "x", None] and np.array_equal(back["b"][3]["c"], np.ones(2))
     assert back["big"] == 2**100 and back["t"] == [1, 2]
@@ -31,16 +33,16 @@ def test_a_checkpoint_round_trips_arrays_and_plain_data(tmp_path):
 
 def test_only_the_latest_two_checkpoints_are_kept_and_a_tampered_one_is_refused(tmp_path):
     for i in range(4):
-        save_checkpoint(tmp_path, {"i": i, "v": np.full(3, i, np.float32)})
-    assert load_checkpoint(tmp_path)["i"] == 3
+        save_checkpoint(tmp_path, {"i": i, "v": np.full(3, i, np.float32)}, key=KEY)
+    assert load_checkpoint(tmp_path, key=KEY)["i"] == 3
     assert sorted(p.name for p in tmp_path.glob("ckpt-*.json")) == ["ckpt-000002.json", "ckpt-000003.json"]
     arrays = tmp_path / "ckpt-000003.safetensors"
     data = bytearray(arrays.read_bytes())
     data[-1] ^= 1
     arrays.write_bytes(bytes(data))
     with pytest.raises(ConfigError, match="do not match the digest"):
-        load_checkpoint(tmp_path)
-    assert load_checkpoint(tmp_path / "empty") is None
+        load_checkpoint(tmp_path, key=KEY)
+    assert load_checkpoint(tmp_path / "empty", key=KEY) is None
 
 
 def test_a_coordinator_resumed_from_a_checkpoint_gives_identical_results(tmp_path):
@@ -51,9 +53,9 @@ def test_a_coordinator_resumed_from_a_checkpoint_gives_identical_results(tmp_pat
     run_federation(ref.coordinator, ref.workers)
     fed = build_federation([members, members], cohort_size=4, rounds=3)
     run_federation(fed.coordinator, fed.workers, until=lambda c: c.position[:2] == (1, 1) and c.state == "before-round")
-    save_checkpoint(tmp_path, {"coordinator": fed.coordinator.snapshot()})
+    save_checkpoint(tmp_path, {"coordinator": fed.coordinator.snapshot()}, key=KEY)
     again = build_federation([members, members], cohort_size=4, rounds=3)  # a restarted server
-    again.coordinator.restore(load_checkpoint(tmp_path)["coordinator"])
+    again.coordinator.restore(load_checkpoint(tmp_path, key=KEY)["coordinator"])
     for mine, theirs in zip(again.workers, fed.workers, strict=True):  # the clients kept their state
         mine.restore(theirs.snapshot())
         mine.learner = theirs.learner
@@ -65,7 +67,7 @@ def test_a_coordinator_resumed_from_a_checkpoint_gives_identical_results(tmp_pat
 
 def _config(**scenario):
     return config_from_dict({"scenario": {"setting": "hom", "kind": "cap", "n_clients": 4, "clients_per_round": 2,
-                                          **scenario}})
+                                          **scenario}, "privacy": {"min_cohort": 2}})
 
 
 def _roster_json(tmp_path, **changes):

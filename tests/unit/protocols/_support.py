@@ -48,6 +48,8 @@ class FakeLearner:
     noise: float = 0.02
     refuse: set[tuple[int, int]] = field(default_factory=set)
     trained: list[tuple[int, int, int, np.ndarray]] = field(default_factory=list)
+    #: stands for a DP learner: each ``train`` would draw fresh noise (a retried round may retrain)
+    fresh_randomness: bool = False
 
     def identity_token(self, stage: int) -> np.ndarray:
         base = task_token(self.tasks[stage])
@@ -135,7 +137,7 @@ def build_federation(
         factory: Callable = functools.partial(PlaintextAggregator, min_contributors=min_contributors)
         sides: dict = {c: PlaintextClient() for c in ids}
     else:
-        built = build_aggregation(PrivacyConfig(aggregation=aggregation), ids, min_contributors=min_contributors)
+        built = build_aggregation(PrivacyConfig(aggregation=aggregation, ckks_k_min=2), ids, min_contributors=min_contributors)
         factory, sides = built.factory, built.clients
     coordinator = Coordinator(
         FED,

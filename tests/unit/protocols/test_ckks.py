@@ -24,6 +24,7 @@ from secure_fcit.protocols.drive import run_secure_sum
 from secure_fcit.protocols.secagg import make_identities
 
 RID = AggregationRound("fed", 0, 1, 0, "update")
+SMALL = CKKSParams(k_min=2)  # protocol mechanics on cohorts of 3-5; the shipped floor (5) is tested in attacks/
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def keys():
 def setup(keys, n=4, params=None, length=5000, seed=0):
     ids = [f"c{i}" for i in range(n)]
     identities, directory = make_identities(ids)
-    params = params or CKKSParams()
+    params = params or SMALL
     clients = {c: CKKSClient(identities[c], directory, keys.secret, params) for c in ids}
     rng = np.random.default_rng(seed)
     vectors = {c: rng.normal(0, 0.05, length) * 50 for c in ids}  # weighted updates: n_k * delta
@@ -140,6 +141,11 @@ def test_params_are_checked():
     with pytest.raises(ConfigError, match="flood_bits"):
         CKKSParams(flood_bits=40)
     assert CKKSParams(flood_bits=3).flood_std(4) == 2 * CKKSParams(flood_bits=2).flood_std(4)
+    assert CKKSParams().k_min == 5
+    with pytest.raises(ConfigError, match="ckks_bound"):
+        CKKSParams(bound=float("inf"))
+    with pytest.raises(ConfigError, match="wrap around"):
+        CKKSParams(k_min=5, bound=1e5)  # even the smallest decryptable sum could wrap
     assert UpdateUpload.__name__ == "UpdateUpload"
 
 

@@ -108,7 +108,8 @@ def test_dropping_below_two_at_advertise_aborts():
 
 
 def test_k_regular_graph_is_symmetric_public_and_sums_exactly():
-    params = MaskingParams(degree=8, threshold=0.5)
+    # colluders=0: an honest-but-curious coordinator (t = 5 of 9 would not survive one colluder)
+    params = MaskingParams(degree=8, threshold=0.5, colluders=0)
     ids = [f"c{i:03d}" for i in range(30)]
     graph = neighbour_graph(ids, b"binding", 8)
     assert all(len(graph[u]) == 8 and u not in graph[u] for u in ids)

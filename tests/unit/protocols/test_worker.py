@@ -28,10 +28,15 @@ ME = "client-00"
 HEAD = dict(federation_id=FED, stage=0, attempt=0, sender="coordinator")
 
 
+SEED = layout.public_hash_seed(FED, 0, 0)
+
+
 def stage_start(**changes) -> StageStart:
-    fields = dict(HEAD, round=-1, tokens=np.zeros((0, DIM), np.float32), hash_seed=bytes(range(32)),
+    fields = dict(HEAD, round=-1, tokens=np.zeros((0, DIM), np.float32), hash_seed=SEED,
                   n_buckets=16, tau=0.9, cohort=(ME, "client-01"), aggregation="plaintext")  # fmt: skip
     fields.update(changes)
+    if "hash_seed" not in changes:
+        fields["hash_seed"] = layout.public_hash_seed(FED, fields["stage"], fields["attempt"])
     return StageStart(**fields)
 
 
@@ -41,7 +46,7 @@ PLAN = SlotPlan(
 
 
 def round_start(round=0, attempt=0, **changes) -> RoundStart:
-    fields = dict(HEAD, round=round, cohort=(ME,), active=(0, 1), weights=np.ones((2, SLOT), np.float32),
+    fields = dict(HEAD, round=round, cohort=(ME, "client-01"), active=(0, 1), weights=np.ones((2, SLOT), np.float32),
                   aggregation="plaintext")  # fmt: skip
     fields.update(changes, attempt=attempt)
     return RoundStart(**fields)
@@ -59,13 +64,13 @@ def test_token_upload_carries_the_simhash_bucket_vector():
     (upload,) = Worker(FED, ME, learner, PlaintextClient()).receive_bytes(encode(stage_start()))
     assert isinstance(upload, TokenUpload) and upload.round == -1 and upload.sender == ME
     token = learner.identity_token(0)
-    bucket = layout.simhash_bucket(token, layout.simhash_planes(bytes(range(32)), 16, DIM))
+    bucket = layout.simhash_bucket(token, layout.simhash_planes(SEED, 16, DIM))
     np.testing.assert_allclose(upload.payload, layout.token_vector(token, 7, bucket, 16))
 
 
 def test_a_token_matching_a_known_slot_goes_to_that_slots_block_and_no_other_is_hashed():
     known = np.stack([task_token(3), task_token(0), task_token(5)]).astype(np.float32)  # slot 1 is task 0
-    planes = layout.simhash_planes(bytes(range(32)), 16, DIM)
+    planes = layout.simhash_planes(SEED, 16, DIM)
     learner = FakeLearner(ME, {0: 0}, samples=7)
     token = learner.identity_token(0)
     (upload,) = Worker(FED, ME, learner, PlaintextClient()).receive(stage_start(tokens=known))

@@ -1,0 +1,153 @@
+"""Admission of TLS connections to the federation server: who may talk, how long, how often.
+
+Every connection the server accepts goes through one ``Gate`` before it reaches the coordinator:
+
+- **rate limit**: at most ``deploy.connect_rate`` connections per certificate identity (or per
+  address when the peer shows none) in any ``deploy.connect_window`` seconds; a peer over it is
+  refused before its hello is read;
+- **the hello** (``tls.accept``): revoked certificates (the federation CRL) and certificates of
+  the CA that are not on the roster are refused before a byte is read; a member's hello is held
+  to 4 KiB, to ``deploy.hello_timeout`` seconds and to ``codec.MAX_JSON_DEPTH`` levels of JSON;
+- **keepalive**: TCP keepalive on every admitted socket, so a peer that vanished without a FIN is
+  noticed between rounds (``deploy.keepalive``);
+- **shutdown**: every connection task is tracked; ``close()`` cancels those still in their hello
+  (or serving) and awaits them, so a server stopping with half-open connections prints no
+  traceback.
+
+Each refusal is logged with its reason through the ``log`` callable and kept in ``refusals``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..errors import ConfigError, RemoteProtocolError
+from ..protocols.tls import Connection, accept, peer_identity
+
+__all__ = ["Gate", "RateLimiter", "set_keepalive"]
+
+_MAX_KEPT_REFUSALS = 1000
+
+
+class RateLimiter:
+    """At most ``limit`` events per key in any ``window`` seconds (a sliding window per key)."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if limit < 1 or window <= 0:
+            raise ConfigError(f"a rate limit needs limit >= 1 and window > 0, got {limit} per {window}")
+        self.limit, self.window, self._clock = limit, window, clock
+        self._seen: dict[str, deque[float]] = {}
+
+    def allow(self, key: str) -> bool:
+        now = self._clock()
+        if len(self._seen) > 4096:  # forget keys that went quiet, so strangers cannot grow the table
+            self._seen = {k: q for k, q in self._seen.items() if q and q[-1] > now - self.window}
+        times = self._seen.setdefault(key, deque())
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if len(times) >= self.limit:
+            return False
+        times.append(now)
+        return True
+
+
+def set_keepalive(writer: asyncio.StreamWriter, idle: float) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        seconds = max(1, int(idle))
+        for name, value in (("TCP_KEEPIDLE", seconds), ("TCP_KEEPINTVL", max(1, seconds // 3)), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError:
+        pass  # a socket that is already gone: the read loop will see it
+
+
+class Gate:
+    """See the module docstring. ``handler(serve)`` is the ``asyncio.start_server`` callback that
+    admits a connection and hands the authenticated ``Connection`` to ``serve``."""
+
+    def __init__(self, *, federation_id: str, allowed: set[str] | frozenset[str], max_size: int,
+                 read_timeout: float, hello_timeout: float, connect_rate: int, connect_window: float,
+                 keepalive: float, revoked: frozenset[int] = frozenset(),
+                 log: Callable[[str], None] = print) -> None:
+        self.federation_id = federation_id
+        self.allowed = frozenset(allowed)
+        self.revoked = revoked
+        self.max_size = max_size
+        self.read_timeout = read_timeout
+        self.hello_timeout = hello_timeout
+        self.keepalive = keepalive
+        self.rate = RateLimiter(connect_rate, connect_window)
+        self.log = log
+        self.refusals: deque[str] = deque(maxlen=_MAX_KEPT_REFUSALS)
+        self._tasks: set[asyncio.Task] = set()
+        self._closing = False
+
+    def _refused(self, reason: str) -> None:
+        self.refusals.append(reason)
+        self.log(f"refused a connection: {reason[:300]}")
+
+    async def admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Connection | None:
+        """The authenticated member's connection, or None (refused, logged, closed)."""
+        try:
+            key = peer_identity(writer.get_extra_info("ssl_object"))
+        except RemoteProtocolError:
+            key = str((writer.get_extra_info("peername") or ("?",))[0])
+        if not self.rate.allow(key):
+            self._refused(f"{key}: more than {self.rate.limit} connections in {self.rate.window:g} s")
+            writer.close()
+            return None
+        try:
+            conn = await accept(reader, writer, federation_id=self.federation_id, allowed=self.allowed,
+                                max_size=self.max_size, timeout=self.read_timeout,
+                                hello_timeout=self.hello_timeout, revoked=self.revoked)
+        except (RemoteProtocolError, ConnectionError, ssl.SSLError, OSError) as exc:
+            self._refused(str(exc))
+            writer.close()
+            return None
+        set_keepalive(writer, self.keepalive)
+        return conn
+
+    def handler(self, serve: Callable[[Connection], Awaitable[Any]]
+                ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            if self._closing or task is None:
+                writer.close()
+                return
+            self._tasks.add(task)
+            try:
+                conn = await self.admit(reader, writer)
+                if conn is not None:
+                    await serve(conn)
+            except asyncio.CancelledError:
+                # Shutdown (``close``): end quietly. Re-raising would make asyncio's stream callback
+                # print a traceback per connection still in its hello.
+                writer.close()
+            finally:
+                self._tasks.discard(task)
+
+        return on_connection
+
+    @property
+    def pending(self) -> int:
+        """Connections in their hello or being served."""
+        return len(self._tasks)
+
+    async def close(self) -> None:
+        """Refuse new connections, cancel the open ones and wait until they have ended."""
+        self._closing = True
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
