@@ -5,8 +5,10 @@ Every connection the server accepts goes through one ``Gate`` before it reaches 
 - **rate limit**: at most ``deploy.connect_rate`` connections per certificate identity (or per
   address when the peer shows none) in any ``deploy.connect_window`` seconds; a peer over it is
   refused before its hello is read;
-- **the hello** (``tls.accept``): revoked certificates (the federation CRL) and certificates of
-  the CA that are not on the roster are refused before a byte is read; a member's hello is held
+- **the hello** (``tls.accept``): revoked certificates (the federation CRL, re-read whenever the
+  file changes, so a revocation takes effect at the revoked client's next connection without a
+  restart; a CRL that fails verification refuses every connection until it is fixed) and
+  certificates of the CA that are not on the roster are refused before a byte is read; a member's hello is held
   to 4 KiB, to ``deploy.hello_timeout`` seconds and to ``codec.MAX_JSON_DEPTH`` levels of JSON;
 - **keepalive**: TCP keepalive on every admitted socket, so a peer that vanished without a FIN is
   noticed between rounds (``deploy.keepalive``);
@@ -25,8 +27,10 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+from ..crypto.certs import load_revoked
 from ..errors import ConfigError, RemoteProtocolError
 from ..protocols.tls import Connection, accept, peer_identity
 
@@ -77,8 +81,9 @@ class Gate:
 
     def __init__(self, *, federation_id: str, allowed: set[str] | frozenset[str], max_size: int,
                  read_timeout: float, hello_timeout: float, connect_rate: int, connect_window: float,
-                 keepalive: float, revoked: frozenset[int] = frozenset(),
-                 log: Callable[[str], None] = print) -> None:
+                 keepalive: float, revoked: frozenset[int] = frozenset(), crl: Path | None = None,
+                 ca: Path | None = None, log: Callable[[str], None] = print,
+                 on_refusal: Callable[[str], None] | None = None) -> None:
         self.federation_id = federation_id
         self.allowed = frozenset(allowed)
         self.revoked = revoked
@@ -88,12 +93,43 @@ class Gate:
         self.keepalive = keepalive
         self.rate = RateLimiter(connect_rate, connect_window)
         self.log = log
+        self.on_refusal = on_refusal
         self.refusals: deque[str] = deque(maxlen=_MAX_KEPT_REFUSALS)
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
+        if crl is not None and ca is None:
+            raise ConfigError("a CRL is checked against the federation CA: pass ca")
+        self._crl, self._ca = crl, ca
+        self._crl_stamp: tuple[int, int] | None = None
+        self._crl_error: str | None = None
+        self._static_revoked = revoked
+
+    def refresh_crl(self) -> None:
+        """Re-read the CRL when its file changed (size or mtime)."""
+        if self._crl is None:
+            return
+        try:
+            st = self._crl.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._crl_stamp:
+            return
+        self._crl_stamp = stamp
+        if stamp is None:
+            self.revoked, self._crl_error = self._static_revoked, None
+            return
+        try:
+            self.revoked = self._static_revoked | load_revoked(self._crl, self._ca)
+            self._crl_error = None
+            self.log(f"revocation list {self._crl}: {len(self.revoked)} certificate(s) revoked")
+        except ConfigError as exc:
+            self._crl_error = str(exc)
 
     def _refused(self, reason: str) -> None:
         self.refusals.append(reason)
+        if self.on_refusal is not None:
+            self.on_refusal(reason)
         self.log(f"refused a connection: {reason[:300]}")
 
     async def admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Connection | None:
@@ -104,6 +140,11 @@ class Gate:
             key = str((writer.get_extra_info("peername") or ("?",))[0])
         if not self.rate.allow(key):
             self._refused(f"{key}: more than {self.rate.limit} connections in {self.rate.window:g} s")
+            writer.close()
+            return None
+        self.refresh_crl()
+        if self._crl_error is not None:  # fail closed: no admission against a list that does not verify
+            self._refused(f"{key}: the server's revocation list is unusable ({self._crl_error})")
             writer.close()
             return None
         try:

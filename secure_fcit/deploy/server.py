@@ -171,7 +171,8 @@ class FederationServer:
         self._logged = len(self.coordinator.events)
         self._checkpointed: tuple | None = (self.coordinator.state, self.coordinator.position) if snap else None
         crl = self.certs.root / CRL_FILE
-        self.revoked = load_revoked(crl, self.certs.ca) if crl.is_file() else frozenset()
+        if crl.is_file():
+            load_revoked(crl, self.certs.ca)  # a CRL that does not verify stops the server at start
         self.gate: Gate | None = None
         self._peers: dict[str, _Peer] = {}
         self._changed: asyncio.Event = None  # type: ignore[assignment]  # made in run(), on its loop
@@ -254,16 +255,13 @@ class FederationServer:
         if len(entry["first_reasons"]) < 5:
             entry["first_reasons"].append(reason[:300])
 
-    def _refused(self, reason: str) -> None:
-        self._note_cut_off("<handshake>", reason)
-        self.log(f"refused a connection: {reason[:300]}")
-
     def _make_gate(self) -> Gate:
         d = self.deploy
         return Gate(federation_id=self.federation_id, allowed=frozenset(self.clients), max_size=d.max_message_size,
                     read_timeout=d.read_timeout, hello_timeout=d.hello_timeout, connect_rate=d.connect_rate,
-                    connect_window=d.connect_window, keepalive=d.keepalive, revoked=self.revoked,
-                    log=lambda line: self._refused(line.removeprefix("refused a connection: ")))
+                    connect_window=d.connect_window, keepalive=d.keepalive,
+                    crl=self.certs.root / CRL_FILE, ca=self.certs.ca,
+                    log=self.log, on_refusal=lambda reason: self._note_cut_off("<handshake>", reason))
 
     async def _handle(self, conn: Connection) -> None:
         """Serve one admitted member's connection (``gate.Gate`` did the hello)."""
@@ -419,8 +417,7 @@ class FederationServer:
         self.gate = self._make_gate()
         server = await asyncio.start_server(self.gate.handler(self._handle), d.host, d.port, ssl=ctx,
                                             ssl_handshake_timeout=min(d.read_timeout, d.hello_timeout))
-        if self.revoked:
-            self.log(f"revocation list {self.certs.root / CRL_FILE}: {len(self.revoked)} certificate(s) revoked")
+        self.gate.refresh_crl()  # logs the revocation list's size when there is one
         total = self.roster.n_stages * self.config.fcit.rounds_per_stage
         self._bar = tqdm(total=total, desc=f"federation {self.federation_id}", unit="round", disable=not self.progress,
                          initial=sum(1 for e in self.coordinator.events if e["event"] == "applied"))

@@ -328,6 +328,17 @@ class Coordinator:
         self._failures = 0
         return [(m, end) for m in self._members]
 
+    def _aggregator_findings(self) -> dict[str, Any]:
+        """Members the secure sum convicted (a checked complaint) and pairs it cut, for the events."""
+        found: dict[str, Any] = {}
+        convicted = getattr(self._aggregator, "convicted", None)
+        if convicted:
+            found["convicted"] = dict(convicted)
+        cut = getattr(self._aggregator, "cut_pairs", None)
+        if cut:
+            found["cut_pairs"] = [list(p) for p in cut]
+        return found
+
     def _factory_kind(self) -> str:
         """The aggregation kind the phases announce (the factory's aggregators are all one kind)."""
         if not self._kind:
@@ -389,6 +400,7 @@ class Coordinator:
             undersized_buckets=list(plan.undersized_buckets),
             singleton_blocks=alone,
             dropped=dict(self._dropped),
+            **self._aggregator_findings(),
         )
         self._transition("planned")
         self._round = self._attempt = self._failures = 0
@@ -408,6 +420,7 @@ class Coordinator:
             clients={str(k): v for k, v in outcome.clients.items()},
             singleton_blocks=alone,
             dropped=dict(self._dropped),
+            **self._aggregator_findings(),
         )
         recipients = self._cohort
         self._transition("applied")
@@ -423,7 +436,7 @@ class Coordinator:
         else:
             message = self._message(RoundEnd, self._round, status="aborted", reason=reason)
             recipients = self._cohort
-        self._log("aborted", reason=reason, dropped=dict(self._dropped))
+        self._log("aborted", reason=reason, dropped=dict(self._dropped), **self._aggregator_findings())
         self._transition("aborted")
         self._attempt += 1  # a new sum either way: a retry, or the next phase's first try
         if retry and self._failures < self.max_retries:

@@ -36,7 +36,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -1070,6 +1070,18 @@ class MaskingAggregator(SecureAggregator):
                 f"{len(want)} advertised neighbours",
                 stage=_STAGE,
             )
+        # Every row must carry its sender's signature: a row that does not is this sender's fault
+        # here, where the coordinator sees it arrive on the sender's own channel. Forwarded unsigned,
+        # it would leave the recipient with nothing it could prove, and with no choice but to leave.
+        binding = self._open().binding
+        for i, recipient in enumerate(message.recipients):
+            commitments, sealed, signature = _split_row(message.ciphertexts[i].tobytes())
+            try:
+                verify(self.directory[sender], signature, _row_body(binding, sender, recipient, commitments, sealed))
+            except CryptoError:
+                raise RemoteProtocolError(
+                    f"{sender!r}'s share row for {recipient!r} carries a bad signature", stage=_STAGE
+                ) from None
 
     def _check_masked(self, sender: str, message: Contribution) -> None:
         rnd = self._open()
@@ -1180,28 +1192,116 @@ class MaskingAggregator(SecureAggregator):
         return out
 
     def _after_share(self, answered: tuple[str, ...]) -> list[Outgoing]:
-        u2 = self._viable(answered)
-        self.stage_sets["shared"] = u2
-        if (why := self._enough(u2, "shared keys")) is not None:
-            return self._fail(why)
-        alive = set(u2)
-        for sender in u2:
+        rnd = self._rnd
+        assert rnd is not None
+        rows: dict[tuple[str, str], bytes] = {}
+        for sender in answered:
             upload = self._answers[sender]
             assert isinstance(upload, ShareUpload)
             for i, recipient in enumerate(upload.recipients):
-                if recipient in alive:
-                    self._sealed.setdefault(recipient, {})[sender] = upload.ciphertexts[i].tobytes()
+                rows[(sender, recipient)] = upload.ciphertexts[i].tobytes()
+
+        def linked(u: str, v: str) -> bool:  # both rows in, and both ends committed to the same keys
+            return (u, v) in rows and (v, u) in rows and rows[(u, v)][: 2 * _KEY] == rows[(v, u)][: 2 * _KEY]
+
+        self.cut_pairs = sorted({(u, v) for u, v in rows if u < v and (v, u) in rows and not linked(u, v)})
+        members = set(self._viable(answered))
+        while True:  # a cut pair is one neighbour fewer at each end: keep whoever still reaches t
+            keep = {u for u in members if 1 + sum(linked(u, v) for v in members if v != u) >= rnd.t(u)}
+            if keep == members:
+                break
+            members = keep
+        u2 = tuple(sorted(members))
+        self.stage_sets["shared"] = u2
+        if (why := self._enough(u2, "shared keys")) is not None:
+            return self._fail(why)
         out: list[Outgoing] = []
         for u in u2:
-            inbox = self._sealed.get(u, {})
-            senders = tuple(sorted(inbox))
+            senders = tuple(v for v in u2 if v != u and linked(v, u))
             self._delivered[u] = senders
+            self._rows.update({(v, u): rows[(v, u)] for v in senders})
             out.append((u, self._message(
-                ShareDelivery, senders=senders, ciphertexts=_rows([inbox[s] for s in senders], _SEALED)
+                ShareDelivery, senders=senders, ciphertexts=_rows([rows[(v, u)] for v in senders], _ROW)
             )))
-        self._sealed = {}
         self._next("masked", u2)
         return out
+
+    # -- complaints (see ``_judge``): drop the guilty member, keep everyone else in the sum
+    def _disputes_open(self) -> bool:
+        return any(convicted for u, convicted in self._awaiting.items() if u not in self._gone)
+
+    def _on_dispute(self, sender: str, message: ShareComplaint | PairSeed) -> list[Outgoing]:
+        rnd = self._open()
+        if message.sender != sender or not rnd.round_id.binds(message):
+            raise RemoteProtocolError(f"{type(message).__name__} from {sender!r} is for another sum", stage=_STAGE)
+        if self._stage != "masked":
+            raise RemoteProtocolError(
+                f"{type(message).__name__} from {sender!r} in secure-sum stage {self._stage!r}", stage=_STAGE
+            )
+        if isinstance(message, PairSeed):
+            self._on_pair_seed(sender, message)
+            return self._advance()
+        if sender in self._answers or sender in self._complained:
+            raise RemoteProtocolError(
+                f"{sender!r} complained after its masked input or twice; a complaint comes first, once",
+                stage=_STAGE,
+            )
+        self._complained.add(sender)
+        out: list[Outgoing] = []
+        for accused in message.accused:
+            if accused not in self._delivered.get(sender, ()):
+                raise RemoteProtocolError(f"{sender!r} complained about {accused!r}, whose row it never got",
+                                          stage=_STAGE)
+        for i, accused in enumerate(message.accused):
+            row = self._rows[(accused, sender)]
+            key, signature = message.keys[i].tobytes(), message.signatures[i].tobytes()
+            try:
+                guilty, why = _judge(rnd.binding, self.directory, sender, accused, row, key, signature)
+            except CryptoError:  # the stored row was checked at upload: the complaint's signature is bad
+                raise RemoteProtocolError(f"{sender!r}'s complaint about {accused!r} is not signed by it",
+                                          stage=_STAGE) from None
+            # Either way the complainer holds none of the accused's shares and did not mask with it.
+            self._delivered[sender] = tuple(v for v in self._delivered[sender] if v != accused)
+            evidence = {"complainer": sender, "accused": accused, "row": row, "key": key,
+                        "complaint_signature": signature}
+            out += self._convict(guilty, why, evidence)
+            if guilty == sender:
+                break
+        return out + self._advance()
+
+    def _convict(self, member: str, why: str, evidence: dict[str, object]) -> list[Outgoing]:
+        """Drop ``member`` from this sum and ask each neighbour that masked with it for that pair's
+        seed, with the evidence, so the sum completes without it and no share of it is revealed."""
+        if member in self.convicted or member in self._gone:
+            return []
+        self.convicted[member] = why
+        self._gone.add(member)
+        out: list[Outgoing] = []
+        notice = self._message(ConvictionNotice, convicted=member, **evidence)
+        for u in sorted(self._expected - self._gone):
+            if member in self._delivered.get(u, ()):
+                self._awaiting.setdefault(u, set()).add(member)
+                out.append((u, notice))
+        return out
+
+    def _on_pair_seed(self, sender: str, message: PairSeed) -> None:
+        convicted = message.convicted
+        if convicted not in self._awaiting.get(sender, set()):
+            raise RemoteProtocolError(f"{sender!r} sent a pair seed for {convicted!r} unasked", stage=_STAGE)
+        masked_with = convicted in self._delivered.get(sender, ())
+        upload = self._answers.get(sender)
+        if not isinstance(upload, Contribution) or bool(message.seed) != masked_with:
+            raise RemoteProtocolError(
+                f"{sender!r}'s pair seed for {convicted!r} does not match what it was delivered", stage=_STAGE
+            )
+        self._awaiting[sender].discard(convicted)
+        self._delivered[sender] = tuple(v for v in self._delivered[sender] if v != convicted)
+        if not masked_with:
+            return  # it complained about the convicted member too: it never masked with it
+        mask = expand_mask(message.seed, self._length)
+        # The client added +mask if it sorts before the convicted member, -mask after: undo that.
+        payload = upload.payload - mask if sender < convicted else upload.payload + mask
+        self._answers[sender] = replace(upload, payload=payload)
 
     def _after_masked(self, answered: tuple[str, ...]) -> list[Outgoing]:
         u3 = answered

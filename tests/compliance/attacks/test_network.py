@@ -67,16 +67,19 @@ class GateServer:
     """The server's admission path on a real TLS socket: ``Gate.handler`` as ``FederationServer.run``
     installs it; an admitted member is recorded and its connection closed."""
 
-    def __init__(self, root, *, revoked=frozenset(), hello_timeout=5.0, connect_rate=30, read_timeout=5.0):
+    def __init__(self, root, *, crl=None, hello_timeout=5.0, connect_rate=30, read_timeout=5.0):
         self.root = root
         self.logs: list[str] = []
         self.welcomed: list[str] = []
+        self.keepalive: list[bool] = []  # TCP keepalive on each admitted member's socket
         self.gate = Gate(federation_id=FED, allowed=frozenset(MEMBERS), max_size=256 << 20, read_timeout=read_timeout,
                          hello_timeout=hello_timeout, connect_rate=connect_rate, connect_window=60.0, keepalive=60.0,
-                         revoked=revoked, log=self.logs.append)
+                         crl=crl, ca=root / "ca.pem", log=self.logs.append)
 
     async def _serve(self, conn):
         self.welcomed.append(conn.identity)
+        sock = conn.writer.get_extra_info("socket")
+        self.keepalive.append(bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)))
         await conn.send(b"ok")
         await conn.close()
 
@@ -272,6 +275,7 @@ def test_a_peer_over_the_connection_rate_is_refused_with_a_logged_reason(pki):
     assert all("welcome" not in o for o in outcomes[3:])
     assert len(srv.logged("client-1: more than 3 connections in 60 s")) == 2
     assert srv.welcomed == ["client-1"] * 3 + ["client-2"]
+    assert srv.keepalive == [True] * 4  # admitted members get TCP keepalive (a vanished peer is noticed)
 
 
 # ---------------------------------------------------------------------------------------- resumption
@@ -338,45 +342,56 @@ def test_tls_sessions_cannot_be_resumed_so_every_connection_shows_its_certificat
 
 # ---------------------------------------------------------------------------------------- revocation
 def test_a_revoked_client_is_refused_at_its_next_connect_with_a_logged_reason(tmp_path, capsys):
-    """Compromised site (its key is stolen): the operator runs ``certs revoke --client`` with
-    ``--publish`` to the server's folder. Claim: the revoked client is refused at its next
-    connection, before its hello, with a logged reason naming the revocation; other members
-    still join, and they verify the server against the CRL too."""
+    """Compromised site (its key is stolen): while the server runs, the operator runs ``certs
+    revoke --client`` with ``--publish`` to the server's folder. Claim: the revoked client is
+    refused at its next connection, before its hello, with a logged reason naming the revocation,
+    without a server restart; the other member still joins (and verifies the server with the CRL
+    loaded). A CRL planted by someone without the CA key makes the server refuse everyone (fail
+    closed) with a logged reason, rather than admit against a list it cannot trust."""
     folders = enrol(tmp_path / "fed", FED, [HOST], list(MEMBERS))
     server_certs = CertFolder(folders["server"])
     site = {c: CertFolder(folders[c]) for c in MEMBERS}
+    crl = server_certs.root / CRL_FILE
 
     def member_ctx(who):
         folder = site[who]
         return client_context(folder.ca, *folder.client(who), crl=folder.crl)
 
-    async def connect_both(revoked):
-        srv = GateServer(server_certs.root, revoked=revoked)
-        async with srv:
-            results = {}
-            for who in MEMBERS:
-                try:
-                    conn = await connect(HOST, srv.port, member_ctx(who), federation_id=FED, max_size=1 << 20,
-                                         timeout=5)
-                    results[who] = conn.identity
-                    await conn.close()
-                except RemoteProtocolError as exc:
-                    results[who] = str(exc)
-            return results, srv
+    async def connect_both(srv):
+        results = {}
+        for who in MEMBERS:
+            try:
+                conn = await connect(HOST, srv.port, member_ctx(who), federation_id=FED, max_size=1 << 20, timeout=5)
+                results[who] = conn.identity
+                await conn.close()
+            except RemoteProtocolError as exc:
+                results[who] = str(exc)
+        return results
 
-    before, _ = asyncio.run(connect_both(frozenset()))
+    async def scenario():
+        async with GateServer(server_certs.root, crl=crl) as srv:  # as FederationServer wires it
+            before = await connect_both(srv)
+            code = cli_main(["certs", "revoke", "--out", str(tmp_path / "fed" / "pki"), "--client", "client-1",
+                             "--publish", str(folders["server"]), "--publish", str(folders["client-2"])])
+            after = await connect_both(srv)
+            other = tmp_path / "other"
+            init_federation(other, "fed-other", [HOST])
+            issue_client(other, "client-2")
+            revoke_client(other, "client-2")
+            crl.write_bytes((other / CRL_FILE).read_bytes())  # planted: signed by another CA
+            planted = await connect_both(srv)
+            return before, code, after, planted, srv
+
+    before, code, after, planted, srv = asyncio.run(scenario())
     assert before == {"client-1": "client-1", "client-2": "client-2"}
-    code = cli_main(["certs", "revoke", "--out", str(tmp_path / "fed" / "pki"), "--client", "client-1",
-                     "--publish", str(folders["server"]), "--publish", str(folders["client-2"])])
     assert code == 0 and "revoked client-1" in capsys.readouterr().out
-    crl = server_certs.root / CRL_FILE
-    revoked = load_revoked(crl, server_certs.ca)  # what FederationServer loads at start
     serial = x509.load_pem_x509_certificate(server_certs.client("client-1")[0].read_bytes()).serial_number
-    assert revoked == {serial}
-    after, srv = asyncio.run(connect_both(revoked))
     assert "the server refused: client-1's certificate" in after["client-1"] and "revoked" in after["client-1"]
     assert after["client-2"] == "client-2"  # verified the server with the CRL loaded
     assert srv.logged(f"client-1's certificate (serial {serial:x}) is revoked by the federation CRL")
+    assert all(who not in result for who, result in planted.items())
+    assert len(srv.logged("the server's revocation list is unusable")) == 2
+    assert srv.welcomed == ["client-1", "client-2", "client-2"]
 
 
 def test_a_client_refuses_a_revoked_server_and_a_crl_the_ca_did_not_sign(tmp_path):

@@ -9,6 +9,7 @@ sense a positive control runs the same attack against the old behaviour, to show
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from secure_fcit.protocols.secagg import (
     make_identities,
     neighbour_graph,
 )
-from tests.unit.protocols._support import DIM, FED, SLOT, FakeLearner, ListSchedule, client
+from tests.unit.protocols._support import DIM, FED, SLOT, FakeLearner, ListSchedule, client, delta_value
 
 TARGET = client(2)
 
@@ -172,6 +173,39 @@ def test_a_coordinator_rerunning_a_completed_round_gets_no_second_sum_of_the_sam
     assert len(coordinator.sums) == 1
     refusals = [e["reason"] for e in history.events if e["event"] == "refusal" and e["round"] == 0]
     assert refusals and all("was released in attempt 0" in r for r in refusals)
+
+
+class NoisyLearner(FakeLearner):
+    """Stands for a DP learner: every ``train`` adds fresh Gaussian noise (std ``sigma`` per
+    coordinate, keyed by ``os.urandom``) and counts as a new charge to the ledger."""
+
+    sigma: float = 1.0
+    charges: int = 0
+
+    def train(self, stage, round, slot, weights):
+        self.charges += 1
+        delta = super().train(stage, round, slot, weights)
+        rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+        return (delta + self.sigma * rng.standard_normal(delta.shape)).astype(np.float32)
+
+
+def test_a_rerun_round_gets_fresh_dp_updates_that_hide_the_target_and_are_charged_again():
+    """Malicious coordinator against DP clients: it may re-run a completed round without the
+    target, but each client that released its update retrains with fresh noise and pays for it
+    again, so the difference of the two sums is the target's update buried in the others' noise
+    (relative error >= 0.5), and every retrained update was charged twice."""
+    coordinator, workers, _, _ = _federation(6, phase="update")
+    learners = {w.client_id: NoisyLearner(w.client_id, {0: 0}, samples=10 + i) for i, w in enumerate(workers)}
+    for worker in workers:
+        worker.learner = learners[worker.client_id]
+        worker.learner.fresh_randomness = True
+    run_federation(coordinator, workers)
+    assert len(coordinator.sums) == 2
+    n_target = learners[TARGET].num_samples(0)
+    target = np.full(SLOT, n_target * delta_value(TARGET, 0, 0))
+    recovered = (coordinator.sums[0] - coordinator.sums[1])[:SLOT]
+    assert _rel_error(recovered, target) >= 0.5
+    assert all(learners[c].charges == 2 for c in learners if c != TARGET)
 
 
 class LayoutBreaker(MaskingClient):

@@ -27,8 +27,11 @@ from secure_fcit.protocols import (
 from secure_fcit.protocols.aggregation import ListSignature, SignedList
 from secure_fcit.protocols.ckks import DecryptedSum, DecryptRequest
 from secure_fcit.protocols.secagg import (
+    ConvictionNotice,
     KeyAdvert,
     KeyDirectory,
+    PairSeed,
+    ShareComplaint,
     ShareDelivery,
     ShareUpload,
     UnmaskRequest,
@@ -121,7 +124,7 @@ def _rows(width: int):
 @st.composite
 def secagg_messages(draw):
     base = {k: draw(v) for k, v in common(None).items()}
-    kind = draw(st.integers(0, 9))
+    kind = draw(st.integers(0, 12))
     b32, b64 = st.binary(min_size=32, max_size=32), st.binary(min_size=64, max_size=64)
     if kind == 0:
         return KeyAdvert(**base, transport_key=draw(b32), mask_key=draw(b32), seed_commitment=draw(b32),
@@ -130,7 +133,7 @@ def secagg_messages(draw):
         members, keys = draw(_rows(160))
         return KeyDirectory(**base, members=members, keys=keys)
     if kind in (2, 3):
-        who, rows = draw(_rows(160))
+        who, rows = draw(_rows(288))
         if kind == 2:
             return ShareUpload(**base, recipients=who, ciphertexts=rows)
         return ShareDelivery(**base, senders=who, ciphertexts=rows)
@@ -145,6 +148,17 @@ def secagg_messages(draw):
         owners, shares = draw(_rows(66))
         return UnmaskShares(**base, seed_owners=owners, seed_shares=shares, key_owners=(),
                             key_shares=np.zeros((0, 66), np.uint8))
+    if kind == 10:
+        accused = draw(st.lists(ids, min_size=1, max_size=4, unique=True).map(tuple))
+        return ShareComplaint(**base, accused=accused, keys=draw(hnp.arrays(np.uint8, (len(accused), 32))),
+                              signatures=draw(hnp.arrays(np.uint8, (len(accused), 64))))
+    if kind == 11:
+        pair = draw(st.lists(ids, min_size=2, max_size=2, unique=True))
+        return ConvictionNotice(**base, convicted=pair[draw(st.integers(0, 1))], complainer=pair[0],
+                                accused=pair[1], row=draw(st.binary(min_size=288, max_size=288)),
+                                key=draw(b32), complaint_signature=draw(b64))
+    if kind == 12:
+        return PairSeed(**base, convicted=draw(ids), seed=draw(st.sampled_from([b"", bytes(range(32))])))
     if kind == 8:
         contributors = draw(st.lists(ids, min_size=1, max_size=4, unique=True).map(tuple))
         sizes = draw(st.lists(st.integers(65, 80), min_size=len(contributors), max_size=len(contributors)))
@@ -175,6 +189,7 @@ def test_every_registered_type_is_covered():
         "Refusal", "RoundEnd", "StageEnd", "Abort",
         "SignedList", "ListSignature",
         "KeyAdvert", "KeyDirectory", "ShareUpload", "ShareDelivery", "UnmaskRequest", "UnmaskShares",
+        "ShareComplaint", "ConvictionNotice", "PairSeed",
         "DecryptRequest", "DecryptedSum",
     }  # fmt: skip
 
