@@ -99,21 +99,33 @@ def correctness(sizes=(5, 50, 200), fractions=(0.0, 0.1, 0.3), length=1000) -> d
     }
 
 
-def _real_slot_update() -> np.ndarray:
+SLOT_VALUES = 116_736  # one DISCO slot of the embedded model (rank 8 on every language-model linear)
+
+
+def _real_slot_update() -> tuple[str, np.ndarray]:
+    """The embedded model's real slot update when the run's state is on disk (it is not committed:
+    ``simulate`` writes it); otherwise a Gaussian vector of the same size, named as such."""
+    path = RUN / "state" / "slots.safetensors"
+    if not path.is_file():
+        print(f"  ({path.relative_to(ROOT)} is not here: the run's state is not committed; using a "
+              f"Gaussian vector of the slot's {SLOT_VALUES:,} values instead)")
+        delta = np.random.default_rng(3).normal(0, 0.01, SLOT_VALUES)
+        return "slot_sized_gaussian", update_vector(delta, 20, 0, 1)
     from safetensors.numpy import load_file
 
-    slots = load_file(str(RUN / "state" / "slots.safetensors"))
+    slots = load_file(str(path))
     delta = (slots["slot1"] - slots["slot0"]).astype(np.float64) * 0.1  # a weight difference the size of an update
-    return update_vector(delta, 20, 0, 1)
+    return "tiny_model_slot", update_vector(delta, 20, 0, 1)
 
 
 def cost(cohorts=(5, 10)) -> dict:
     metrics = json.loads((RUN / "metrics.json").read_text())
     local_seconds = float(np.mean(metrics["round_seconds"])) / metrics["config"]["scenario"]["clients_per_round"]
     rng = np.random.default_rng(2)
+    slot_name, slot_vector = _real_slot_update()
     vectors = {
         "lora_1m": rng.normal(0, 0.01, 1 << 20) * 20,
-        "tiny_model_slot": _real_slot_update(),
+        slot_name: slot_vector,
     }
     keys = create_keys()
     out: dict = {"local_training_seconds_per_client_round": local_seconds, "rows": []}

@@ -290,14 +290,14 @@ def revoke_client(directory: str | Path, client_id: str, publish: Sequence[str |
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
     data = builder.sign(ca_key, algorithm=None).public_bytes(serialization.Encoding.PEM)
-    tmp = crl_path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, crl_path)
-    for folder in publish:
-        target = Path(folder)
+    targets = [Path(folder) for folder in publish]
+    for target in targets:
         if not (target / "ca.pem").is_file():
             raise ConfigError(f"{target} is not a certificate folder (no ca.pem) to publish the CRL to")
-        (target / CRL_FILE).write_bytes(data)
+    for path in [crl_path, *(target / CRL_FILE for target in targets)]:
+        tmp = path.with_suffix(".tmp")  # replaced whole: a running server never reads half a list
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
     return crl_path
 
 

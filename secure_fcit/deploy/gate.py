@@ -7,7 +7,8 @@ Every connection the server accepts goes through one ``Gate`` before it reaches 
   refused before its hello is read;
 - **the hello** (``tls.accept``): revoked certificates (the federation CRL, re-read whenever the
   file changes, so a revocation takes effect at the revoked client's next connection without a
-  restart; a CRL that fails verification refuses every connection until it is fixed) and
+  restart, and a member already connected under a certificate the new list revokes is cut off;
+  a CRL that fails verification refuses every connection until it is fixed) and
   certificates of the CA that are not on the roster are refused before a byte is read; a member's hello is held
   to 4 KiB, to ``deploy.hello_timeout`` seconds and to ``codec.MAX_JSON_DEPTH`` levels of JSON;
 - **keepalive**: TCP keepalive on every admitted socket, so a peer that vanished without a FIN is
@@ -32,7 +33,7 @@ from typing import Any
 
 from ..crypto.certs import load_revoked
 from ..errors import ConfigError, RemoteProtocolError
-from ..protocols.tls import Connection, accept, peer_identity
+from ..protocols.tls import Connection, accept, peer_identity, peer_serial
 
 __all__ = ["Gate", "RateLimiter", "set_keepalive"]
 
@@ -96,6 +97,7 @@ class Gate:
         self.on_refusal = on_refusal
         self.refusals: deque[str] = deque(maxlen=_MAX_KEPT_REFUSALS)
         self._tasks: set[asyncio.Task] = set()
+        self._admitted: dict[asyncio.StreamWriter, tuple[str, int]] = {}  # live member: (identity, serial)
         self._closing = False
         if crl is not None and ca is None:
             raise ConfigError("a CRL is checked against the federation CA: pass ca")
@@ -125,6 +127,16 @@ class Gate:
             self.log(f"revocation list {self._crl}: {len(self.revoked)} certificate(s) revoked")
         except ConfigError as exc:
             self._crl_error = str(exc)
+            return
+        for writer, (identity, serial) in list(self._admitted.items()):
+            if serial in self.revoked:  # its connection is closed; the server sees the peer lost
+                reason = f"{identity}'s certificate (serial {serial:x}) was revoked while it was connected"
+                self.refusals.append(reason)
+                if self.on_refusal is not None:
+                    self.on_refusal(reason)
+                self.log(f"cut off {identity}: {reason}")
+                self._admitted.pop(writer, None)
+                writer.close()
 
     def _refused(self, reason: str) -> None:
         self.refusals.append(reason)
@@ -156,6 +168,7 @@ class Gate:
             writer.close()
             return None
         set_keepalive(writer, self.keepalive)
+        self._admitted[writer] = (conn.identity, peer_serial(writer.get_extra_info("ssl_object")))
         return conn
 
     def handler(self, serve: Callable[[Connection], Awaitable[Any]]
@@ -176,6 +189,7 @@ class Gate:
                 writer.close()
             finally:
                 self._tasks.discard(task)
+                self._admitted.pop(writer, None)
 
         return on_connection
 

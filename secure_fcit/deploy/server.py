@@ -384,6 +384,8 @@ class FederationServer:
                     await asyncio.wait_for(self._changed.wait(), min(left, 5.0))
                 except TimeoutError:
                     pass
+                if self.gate is not None:
+                    self.gate.refresh_crl()  # a revocation also cuts off a member connected now
         self._flush_events()
         self._checkpoint()
 

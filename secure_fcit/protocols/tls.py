@@ -177,12 +177,15 @@ class Connection:
             pass
 
 
+_REFUSAL_WRITE_S = 2.0  # a refused peer that does not read its socket cannot hold the handler
+
+
 async def _refuse(writer: asyncio.StreamWriter, reason: str) -> RemoteProtocolError:
     try:
-        await write_frame(writer, json.dumps({"error": reason}).encode())
-        writer.close()
-    except (ConnectionError, ssl.SSLError):
+        await asyncio.wait_for(write_frame(writer, json.dumps({"error": reason}).encode()), _REFUSAL_WRITE_S)
+    except (ConnectionError, ssl.SSLError, TimeoutError):
         pass
+    writer.close()
     return RemoteProtocolError(reason, stage=_STAGE)
 
 

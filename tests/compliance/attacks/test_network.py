@@ -72,6 +72,7 @@ class GateServer:
         self.logs: list[str] = []
         self.welcomed: list[str] = []
         self.keepalive: list[bool] = []  # TCP keepalive on each admitted member's socket
+        self.hold = False
         self.gate = Gate(federation_id=FED, allowed=frozenset(MEMBERS), max_size=256 << 20, read_timeout=read_timeout,
                          hello_timeout=hello_timeout, connect_rate=connect_rate, connect_window=60.0, keepalive=60.0,
                          crl=crl, ca=root / "ca.pem", log=self.logs.append)
@@ -81,6 +82,8 @@ class GateServer:
         sock = conn.writer.get_extra_info("socket")
         self.keepalive.append(bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)))
         await conn.send(b"ok")
+        if self.hold:  # like the server's read loop: serve until the peer (or the gate) closes
+            await conn.reader.read()
         await conn.close()
 
     async def __aenter__(self):
@@ -346,7 +349,7 @@ def test_a_revoked_client_is_refused_at_its_next_connect_with_a_logged_reason(tm
     revoke --client`` with ``--publish`` to the server's folder. Claim: the revoked client is
     refused at its next connection, before its hello, with a logged reason naming the revocation,
     without a server restart; the other member still joins (and verifies the server with the CRL
-    loaded). A CRL planted by someone without the CA key makes the server refuse everyone (fail
+    loaded), and its connection still open at the revocation is cut off. A CRL planted by someone without the CA key makes the server refuse everyone (fail
     closed) with a logged reason, rather than admit against a list it cannot trust."""
     folders = enrol(tmp_path / "fed", FED, [HOST], list(MEMBERS))
     server_certs = CertFolder(folders["server"])
@@ -371,8 +374,16 @@ def test_a_revoked_client_is_refused_at_its_next_connect_with_a_logged_reason(tm
     async def scenario():
         async with GateServer(server_certs.root, crl=crl) as srv:  # as FederationServer wires it
             before = await connect_both(srv)
+            srv.hold = True
+            held = await connect(HOST, srv.port, member_ctx("client-1"), federation_id=FED, max_size=1 << 20,
+                                 timeout=5)
+            assert await read_frame(held.reader, 16, 5) == b"ok"
+            srv.hold = False
             code = cli_main(["certs", "revoke", "--out", str(tmp_path / "fed" / "pki"), "--client", "client-1",
                              "--publish", str(folders["server"]), "--publish", str(folders["client-2"])])
+            srv.gate.refresh_crl()  # what the server's phase loop does every few seconds
+            with pytest.raises(RemoteProtocolError, match="connection closed"):
+                await read_frame(held.reader, 16, 5)  # the live connection was cut off
             after = await connect_both(srv)
             other = tmp_path / "other"
             init_federation(other, "fed-other", [HOST])
@@ -389,9 +400,10 @@ def test_a_revoked_client_is_refused_at_its_next_connect_with_a_logged_reason(tm
     assert "the server refused: client-1's certificate" in after["client-1"] and "revoked" in after["client-1"]
     assert after["client-2"] == "client-2"  # verified the server with the CRL loaded
     assert srv.logged(f"client-1's certificate (serial {serial:x}) is revoked by the federation CRL")
+    assert srv.logged(f"cut off client-1: client-1's certificate (serial {serial:x}) was revoked while it was connected")
     assert all(who not in result for who, result in planted.items())
     assert len(srv.logged("the server's revocation list is unusable")) == 2
-    assert srv.welcomed == ["client-1", "client-2", "client-2"]
+    assert srv.welcomed == ["client-1", "client-2", "client-1", "client-2"]
 
 
 def test_a_client_refuses_a_revoked_server_and_a_crl_the_ca_did_not_sign(tmp_path):
