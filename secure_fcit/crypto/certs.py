@@ -177,11 +177,14 @@ def subject_id(cert: x509.Certificate) -> str:
     return check_id("certificate common name", str(names[0].value))
 
 
-def client_directory(directory: str | Path, client_ids: list[str]) -> dict[str, bytes]:
+def client_directory(directory: str | Path, client_ids: list[str],
+                     revoked: frozenset[int] = frozenset()) -> dict[str, bytes]:
     """Each client's raw Ed25519 public key, from ``clients/<id>.pem`` checked against the CA.
 
     This is the identity directory secure aggregation signs against: a certificate the federation
-    CA did not sign, or one naming another client, is refused with the file it came from.
+    CA did not sign, or one naming another client, is refused with the file it came from. A client
+    whose certificate serial is in ``revoked`` is left out, so nothing signed with its (possibly
+    stolen) key is accepted in a secure sum, and a cohort naming it is refused.
     """
     out = Path(directory)
     cert_path = out / "ca.pem"
@@ -200,6 +203,8 @@ def client_directory(directory: str | Path, client_ids: list[str]) -> dict[str, 
             raise ConfigError(f"{path} is not signed by the federation CA {cert_path}") from None
         if subject_id(cert) != client:
             raise ConfigError(f"{path} names {subject_id(cert)!r}, not {client!r}")
+        if cert.serial_number in revoked:
+            continue
         public = cert.public_key()
         if not isinstance(public, Ed25519PublicKey):
             raise ConfigError(f"{path} does not hold an Ed25519 key")

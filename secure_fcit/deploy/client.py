@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Config
-from ..crypto.certs import client_directory, load_private_key
+from ..crypto.certs import client_directory, load_private_key, load_revoked
 from ..data.llava_json import load_train
 from ..dp.journal import atomic_write_json
 from ..errors import ConfigError, LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -126,7 +126,9 @@ class FederationClient:
         n_stages = n_stages_for(config)
         # Every peer's identity key, each certificate checked against the federation CA: the
         # coordinator cannot substitute a key it controls.
-        directory = client_directory(self.certs.root, _roster_ids(self.certs.root))
+        crl = self.certs.crl  # a revoked peer's key is not in the directory: its signatures count nowhere
+        revoked = load_revoked(crl, self.certs.ca) if crl is not None else frozenset()
+        directory = client_directory(self.certs.root, _roster_ids(self.certs.root), revoked)
         if client_id not in directory:
             raise ConfigError(f"{client_id!r} is not enrolled in {self.certs.root / 'clients'}")
         aggregator = client_aggregation(config, client_id, load_private_key(key), directory,

@@ -577,3 +577,32 @@ def test_a_stream_that_trained_nothing_exits_non_zero_with_the_reasons(capsys):
     ok = build_federation([members], cohort_size=5, rounds=2, aggregation="masking")
     run_federation(ok.coordinator, ok.workers)
     assert stream_shortfalls(ok.coordinator.events) == [] and report_shortfalls([]) == 0
+
+
+def test_a_revoked_clients_key_signs_nothing_in_a_secure_sum(tmp_path):
+    """Malicious coordinator holding a revoked (stolen) client key: it cannot pass that client off
+    as a cohort member to honest clients, because a client's identity directory leaves out every
+    certificate the CRL revokes; a cohort naming it is refused before any key is sent."""
+    from secure_fcit.crypto.certs import client_directory, issue_client, load_revoked, revoke_client
+    from secure_fcit.crypto.certs import init_federation as init
+    from secure_fcit.errors import RemoteProtocolError
+    from secure_fcit.protocols.aggregation import AggregationRound
+    from secure_fcit.protocols.secagg import Identity, MaskingClient, MaskingParams
+
+    init(tmp_path, "fed-r", ["127.0.0.1"])
+    ids = [f"client-{i:03d}" for i in range(5)]
+    for c in ids:
+        issue_client(tmp_path, c)
+    assert set(client_directory(tmp_path, ids)) == set(ids)  # control: before revocation
+    revoke_client(tmp_path, "client-004")
+    revoked = load_revoked(tmp_path / "crl.pem", tmp_path / "ca.pem")
+    directory = client_directory(tmp_path, ids, revoked)
+    assert "client-004" not in directory and len(directory) == 4
+    from secure_fcit.crypto.certs import load_private_key
+
+    from secure_fcit.crypto.keys import SigningKey
+
+    me = Identity("client-000", SigningKey(load_private_key(tmp_path / "clients" / "client-000.key")))
+    masking = MaskingClient(me, directory, MaskingParams())
+    with pytest.raises(RemoteProtocolError, match="no enrolled identity key"):
+        masking.begin(AggregationRound("fed-r", 0, 0, 0, "update"), ids, np.zeros(4), lambda p, e: None)
