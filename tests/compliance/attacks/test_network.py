@@ -583,8 +583,15 @@ def test_a_revoked_clients_key_signs_nothing_in_a_secure_sum(tmp_path):
     """Malicious coordinator holding a revoked (stolen) client key: it cannot pass that client off
     as a cohort member to honest clients, because a client's identity directory leaves out every
     certificate the CRL revokes; a cohort naming it is refused before any key is sent."""
-    from secure_fcit.crypto.certs import client_directory, issue_client, load_revoked, revoke_client
+    from secure_fcit.crypto.certs import (
+        client_directory,
+        issue_client,
+        load_private_key,
+        load_revoked,
+        revoke_client,
+    )
     from secure_fcit.crypto.certs import init_federation as init
+    from secure_fcit.crypto.keys import SigningKey
     from secure_fcit.errors import RemoteProtocolError
     from secure_fcit.protocols.aggregation import AggregationRound
     from secure_fcit.protocols.secagg import Identity, MaskingClient, MaskingParams
@@ -598,10 +605,6 @@ def test_a_revoked_clients_key_signs_nothing_in_a_secure_sum(tmp_path):
     revoked = load_revoked(tmp_path / "crl.pem", tmp_path / "ca.pem")
     directory = client_directory(tmp_path, ids, revoked)
     assert "client-004" not in directory and len(directory) == 4
-    from secure_fcit.crypto.certs import load_private_key
-
-    from secure_fcit.crypto.keys import SigningKey
-
     me = Identity("client-000", SigningKey(load_private_key(tmp_path / "clients" / "client-000.key")))
     masking = MaskingClient(me, directory, MaskingParams())
     with pytest.raises(RemoteProtocolError, match="no enrolled identity key"):
