@@ -177,6 +177,16 @@ def subject_id(cert: x509.Certificate) -> str:
     return check_id("certificate common name", str(names[0].value))
 
 
+def _client_cert(path: Path, ca_cert: x509.Certificate, ca_path: Path) -> x509.Certificate:
+    """The certificate at ``path``, refused unless the federation CA signed it."""
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ConfigError(f"{path} is not signed by the federation CA {ca_path}") from None
+    return cert
+
+
 def client_directory(directory: str | Path, client_ids: list[str],
                      revoked: frozenset[int] = frozenset()) -> dict[str, bytes]:
     """Each client's raw Ed25519 public key, from ``clients/<id>.pem`` checked against the CA.
@@ -196,11 +206,7 @@ def client_directory(directory: str | Path, client_ids: list[str],
         path = out / "clients" / f"{client}.pem"
         if not path.is_file():
             raise ConfigError(f"{path} does not exist (run `python -m secure_fcit certs issue --client {client}`)")
-        cert = x509.load_pem_x509_certificate(path.read_bytes())
-        try:
-            cert.verify_directly_issued_by(ca_cert)
-        except (ValueError, TypeError, InvalidSignature):
-            raise ConfigError(f"{path} is not signed by the federation CA {cert_path}") from None
+        cert = _client_cert(path, ca_cert, cert_path)
         if subject_id(cert) != client:
             raise ConfigError(f"{path} names {subject_id(cert)!r}, not {client!r}")
         if cert.serial_number in revoked:
@@ -277,11 +283,7 @@ def revoke_client(directory: str | Path, client_id: str, publish: Sequence[str |
     cert_path = out / "clients" / f"{client_id}.pem"
     if not cert_path.is_file():
         raise ConfigError(f"{cert_path} does not exist: no certificate of {client_id!r} to revoke")
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    try:
-        cert.verify_directly_issued_by(ca_cert)
-    except (ValueError, TypeError, InvalidSignature):
-        raise ConfigError(f"{cert_path} is not signed by the federation CA") from None
+    cert = _client_cert(cert_path, ca_cert, out / "ca.pem")
     crl_path = out / CRL_FILE
     now = dt.datetime.now(dt.UTC)
     builder = (

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,67 +20,13 @@ import pytest
 
 from secure_fcit.config import load_config
 from secure_fcit.deploy.roster import enrol, prepare_federation
+from tests.integration.test_deploy import STAGES, _free_port, _toml
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENTS = [f"client-{i:03d}" for i in range(5)]
 ATTACKER = "client-002"
 HONEST = [c for c in CLIENTS if c != ATTACKER]
-STAGES = 2
 TIMEOUT = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _toml(path: Path, model_dir: Path, cache: Path, certs: Path, port: int) -> Path:
-    # Every member is in every sum (5 of 5), so the attacker is in each token phase and round.
-    # min_cohort = 4: each honest client's floor; the sums complete over the four of them.
-    path.write_text(f"""
-[model]
-path = "{model_dir}"
-cache_dir = "{cache}"
-[data]
-n_train = 20
-n_test = 2
-image_size = 32
-[eval]
-batch_size = 16
-max_new_tokens = 6
-[scenario]
-setting = "hom"
-kind = "cap"
-n_clients = 5
-clients_per_round = 5
-max_stages = {STAGES}
-[fcit]
-rounds_per_stage = 1
-local_epochs = 1.0
-local_batch_size = 8
-slot_rank = 2
-slot_alpha = 4.0
-tau = 0.5
-n_buckets = 2
-k_min = 1
-min_open_samples = 1
-[dp]
-enabled = true
-epsilon = 100.0
-delta = 1e-5
-noise_multiplier = 1.0
-[privacy]
-aggregation = "masking"
-min_cohort = 4
-[deploy]
-port = {port}
-certs = "{certs}"
-read_timeout = 5.0
-phase_timeout = 60.0
-join_timeout = 120.0
-""")
-    return path
 
 
 def _spawn(root: Path, args: list[str], log: str) -> subprocess.Popen:
@@ -106,8 +51,10 @@ def test_member_flipping_every_sealed_share_is_dropped_over_tls_and_every_round_
     t0 = time.monotonic()
     port = _free_port()
     fed = tmp_path / "fed"
+    # Every member is in every sum (5 of 5), so the attacker is in each token phase and round;
+    # min_cohort = 4 (each honest client's floor): the sums complete over the four of them.
     config_path = _toml(tmp_path / "federation.toml", micro_model_dir, tmp_path / "cache",
-                        fed / "server-certs", port)
+                        fed / "server-certs", port, rounds=1, clients_per_round=5)
     prepare_federation(load_config(config_path), fed, progress=False)
     enrol(fed, "secure-fcit", ["127.0.0.1"], CLIENTS)
 

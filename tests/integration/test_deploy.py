@@ -50,7 +50,7 @@ def _free_port() -> int:
 
 
 def _toml(path: Path, model_dir: Path, cache: Path, certs: Path, port: int, rounds: int = ROUNDS,
-          phase_timeout: float = 60.0) -> Path:
+          phase_timeout: float = 60.0, clients_per_round: int = 4) -> Path:
     path.write_text(f"""
 [model]
 path = "{model_dir}"
@@ -66,7 +66,7 @@ max_new_tokens = 6
 setting = "hom"
 kind = "cap"
 n_clients = 5
-clients_per_round = 4
+clients_per_round = {clients_per_round}
 max_stages = {STAGES}
 [fcit]
 rounds_per_stage = {rounds}
