@@ -115,15 +115,21 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from .dp.report import audit, write_report
 
     state = Path(args.state)
-    rep = audit(state, progress=not args.no_progress)
+    rep = audit(state, progress=not args.no_progress, certs=Path(args.certs) if args.certs else None)
     out = Path(args.out) if args.out else (state / "audit" if state.is_dir() else state.parent / "audit")
     written = write_report(rep, out)
     s = rep["summary"]
-    print(f"{s['clients']} client journal(s): {s['verified']} verified, failed: {', '.join(s['failed']) or 'none'}; "
-          f"max epsilon RDP {s['max_epsilon_rdp']:.4g}, PRV {s['max_epsilon_prv']:.4g}; "
-          f"over budget: {', '.join(s['over_budget']) or 'none'}; mismatches: {s['mismatches']}")
+    largest = (f"max epsilon UNKNOWN ({len(s['failed'])} failed journal(s))" if s["failed"] else
+               f"max epsilon RDP {s['max_epsilon_rdp']:.4g}, PRV {s['max_epsilon_prv']:.4g}")
+    print(f"{s['clients']} client journal(s): {s['verified']} verified, failed: {', '.join(s['failed']) or 'none'}"
+          f"{'; unsigned (written before signing): ' + ', '.join(s['unsigned']) if s['unsigned'] else ''}; "
+          f"{largest}; over budget: {', '.join(s['over_budget']) or 'none'}; mismatches: {s['mismatches']}")
+    for c in rep["clients"]:
+        if c["status"].startswith("FAILED"):
+            print(f"  {c['client']}: {c['status']}", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in written))
-    return 1 if s["failed"] or s["over_budget"] or s["mismatches"] else 0
+    unsigned = bool(s["unsigned"]) and not args.allow_unsigned
+    return 1 if s["failed"] or s["over_budget"] or s["mismatches"] or unsigned else 0
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
@@ -307,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--state", required=True,
                      help="a run folder, a privacy/ folder of client ledgers, one client's folder or journal")
     aud.add_argument("--out", help="report folder (default: <state>/audit)")
+    aud.add_argument("--certs", help="federation certificate folder: each journal must be signed by the key "
+                                     "of its client's CA-checked certificate")
+    aud.add_argument("--allow-unsigned", action="store_true",
+                     help="exit 0 for journals written before signing (reported as unsigned either way)")
     aud.add_argument("--no-progress", action="store_true", help="hide progress bars")
     aud.set_defaults(func=_cmd_audit)
 

@@ -131,7 +131,8 @@ class FederationClient:
         directory = client_directory(self.certs.root, _roster_ids(self.certs.root), revoked)
         if client_id not in directory:
             raise ConfigError(f"{client_id!r} is not enrolled in {self.certs.root / 'clients'}")
-        aggregator = client_aggregation(config, client_id, load_private_key(key), directory,
+        identity_key = load_private_key(key)  # also signs the spend journal (verified against the certificate)
+        aggregator = client_aggregation(config, client_id, identity_key, directory,
                                         decryption_log=self.state_dir / "decryptions.jsonl")
         model_dir = model_dir_for(config)
         model, processor = load_llava(model_dir)
@@ -140,7 +141,7 @@ class FederationClient:
         samples, instructions = load_client_data(data, n_stages, processor)
         self.learner = build_learner(config, client_id, slots, encoder, samples, instructions,
                                      processor.tokenizer.pad_token_id, planned_rounds(config, n_stages),
-                                     self.state_dir / "privacy", noise_prg)
+                                     self.state_dir / "privacy", noise_prg, ledger_key=identity_key)
         self._released_path = self.state_dir / "released.json"
         self.worker = self._new_worker(aggregator)
         self._snapshot_path = self.state_dir / "worker.json"

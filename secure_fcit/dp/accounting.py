@@ -3,7 +3,17 @@
 A history is the list of Poisson-subsampled Gaussian mechanisms that touched one client's data:
 ``(noise_multiplier, sample_rate, steps)``, exactly Opacus' accountant history. RDP is additive
 over the history, so `rdp_epsilon` is what a fresh ``opacus.accountants.RDPAccountant`` with that
-history returns; `prv_epsilon` runs a fresh ``PRVAccountant``.
+history returns; `prv_epsilon` runs Opacus' PRV analysis (``PRVAccountant._get_dprv``'s steps) on
+a domain it sizes and checks first.
+
+The PRV accountant cannot account every history: its discretisation domain [-L, L] is sized from
+an RDP bound, and where L passes float64's ``exp`` range (about 709.8) Opacus either raises
+("Discrete mean differs significantly from continuous mean") or returns a meaningless value, and
+the grid (2L/mesh points) grows with L and sqrt(steps) into gigabytes. `prv_result` therefore
+returns the reason instead of an epsilon when L > `PRV_MAX_L` or the grid would exceed
+`PRV_MAX_DOMAIN` points, or when Opacus fails anyway; RDP, which handles every sigma > 0, then
+enforces the cap (`epsilon`). ``DPConfig`` refuses a sigma below ``DPConfig.MIN_NOISE_MULTIPLIER``,
+under which even one step at q = 1 is past that range.
 """
 
 from __future__ import annotations
@@ -12,19 +22,34 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
-from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis.prv import (
+    Domain,
+    PoissonSubsampledGaussianPRV,
+    TruncatedPrivacyRandomVariable,
+    compose_heterogeneous,
+    discretize,
+)
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
+from ..config import DPConfig
 from ..errors import PrivacyError
 
-__all__ = ["Mechanism", "rdp_epsilon", "prv_epsilon", "epsilon", "derive_noise_multiplier", "PRV_EPS_ERROR"]
+__all__ = ["Mechanism", "PRVResult", "rdp_epsilon", "prv_epsilon", "prv_result", "epsilon",
+           "derive_noise_multiplier", "PRV_EPS_ERROR", "PRV_MAX_L", "PRV_MAX_DOMAIN"]
 
 Mechanism = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps)
 
 #: The PRV accountant's epsilon error (Opacus' ``eps_error``); it returns the upper bound.
 PRV_EPS_ERROR = 0.05
+#: Largest PRV domain half-width L: exp(L) must stay finite in float64 (exp(709.8) overflows), with margin.
+PRV_MAX_L = 700.0
+#: Largest PRV grid (points). Measured on 1 CPU thread: 7.4e6 points took 6.6 s and 1.5 GB,
+#: 2.6e7 points 38 s and 4.6 GB; 2**22 points stay near 3 s and 1 GB per history.
+PRV_MAX_DOMAIN = 1 << 22
 _ORDERS = RDPAccountant.DEFAULT_ALPHAS
 # Integer orders only: the closed form is fast. Used to derive sigma, never to report epsilon; with
 # fewer orders the epsilon is a little larger, so the derived sigma errs on the safe side.
@@ -78,23 +103,75 @@ def rdp_epsilon(history: Sequence[Mechanism], delta: float) -> float:
     return _spent(sum(_rdp_vector(s, q, t, False) for s, q, t in hist), delta, False)
 
 
-def prv_epsilon(history: Sequence[Mechanism], delta: float, eps_error: float = PRV_EPS_ERROR) -> float:
-    """Epsilon upper bound of ``history`` at ``delta`` under the PRV accountant (Gopi et al. 2021)."""
+class PRVResult(NamedTuple):
+    """The PRV epsilon upper bound, or None with the reason it is unavailable."""
+
+    epsilon: float | None
+    reason: str | None = None
+
+
+def _prv_domain(hist: list[Mechanism], eps_error: float, delta_error: float) -> tuple[float, float]:
+    """Opacus' ``compute_safe_domain_size`` (the half-width L) and mesh size, from the cached RDP
+    vectors: the same numbers, without re-running an RDP accountant per mechanism."""
+    total = sum(t for _, _, t in hist)
+    whole = _spent(sum(_rdp_vector(s, q, t, False) for s, q, t in hist), delta_error / 4, False)
+    single = max(_spent(_rdp_vector(s, q, 1, False), delta_error / (8 * total), False) for s, q, _ in hist)
+    half_width = max(whole, single, eps_error) + 3
+    mesh = eps_error / math.sqrt(total * math.log(12 / delta_error) / 2)
+    return half_width, mesh
+
+
+@functools.lru_cache(maxsize=1024)
+def _prv_cached(hist: tuple[Mechanism, ...], delta: float, eps_error: float) -> PRVResult:
+    """`prv_result` of a prepared history (cached: the ledger re-asks its whole history each round)."""
+    delta_error = delta / 1000  # Opacus' default
+    half_width, mesh = _prv_domain(list(hist), eps_error, delta_error)
+    if not half_width <= PRV_MAX_L:
+        return PRVResult(None, f"PRV domain half-width {half_width:.4g} > {PRV_MAX_L:g} (float64 exp overflows): "
+                               "noise too small for the PRV accountant; RDP applies")
+    points = 2 * half_width / mesh
+    if points > PRV_MAX_DOMAIN:
+        return PRVResult(None, f"PRV grid of {points:.3g} points > {PRV_MAX_DOMAIN} (time and memory bound); "
+                               "RDP applies")
+    try:
+        with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            warnings.simplefilter("ignore")  # log(0) at q = 1, and the RDP order warnings
+            # PRVAccountant._get_dprv, on the domain checked above.
+            domain = Domain.create_aligned(-half_width, half_width, mesh)
+            prvs = [PoissonSubsampledGaussianPRV(q, s) for s, q, _ in hist]
+            dprvs = [discretize(TruncatedPrivacyRandomVariable(p, domain.t_min, domain.t_max), domain) for p in prvs]
+            composed = compose_heterogeneous(dprvs=dprvs, num_self_compositions=[t for _, _, t in hist])
+            eps = float(composed.compute_epsilon(delta, delta_error, eps_error)[2])
+    except (RuntimeError, ValueError, FloatingPointError, MemoryError) as exc:
+        return PRVResult(None, f"the PRV accountant failed ({type(exc).__name__}: {exc}); RDP applies")
+    if not math.isfinite(eps):
+        return PRVResult(None, f"the PRV accountant returned {eps} (numerical breakdown); RDP applies")
+    return PRVResult(eps)
+
+
+def prv_result(history: Sequence[Mechanism], delta: float, eps_error: float = PRV_EPS_ERROR) -> PRVResult:
+    """Epsilon upper bound of ``history`` at ``delta`` under the PRV accountant (Gopi et al. 2021),
+    or the reason it is unavailable. Never raises for a valid history, and its cost is bounded."""
     hist, trivial = _prepared(history)
     if trivial is not None:
-        return trivial
-    acc = PRVAccountant()
-    acc.history = hist
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore")  # log(0) at q = 1, and the RDP order warnings of its domain bound
-        return float(acc.get_epsilon(delta=delta, eps_error=eps_error))
+        return PRVResult(trivial)
+    return _prv_cached(tuple(hist), float(delta), float(eps_error))
+
+
+def prv_epsilon(history: Sequence[Mechanism], delta: float, eps_error: float = PRV_EPS_ERROR) -> float:
+    """`prv_result`'s epsilon; NaN when the PRV accountant cannot account ``history``
+    (`prv_result` says why)."""
+    res = prv_result(history, delta, eps_error)
+    return math.nan if res.epsilon is None else res.epsilon
 
 
 def epsilon(history: Sequence[Mechanism], delta: float, accountant: str) -> float:
+    """Epsilon under ``accountant``; "prv" falls back to RDP where PRV is unavailable."""
     if accountant == "rdp":
         return rdp_epsilon(history, delta)
     if accountant == "prv":
-        return prv_epsilon(history, delta)
+        res = prv_result(history, delta)
+        return rdp_epsilon(history, delta) if res.epsilon is None else res.epsilon
     raise PrivacyError(f"unknown accountant {accountant!r} (use 'rdp' or 'prv')")
 
 
@@ -120,7 +197,7 @@ def derive_noise_multiplier(
 
     if eps(sigma_max) > target_epsilon:
         return None
-    lo, hi = 1e-2, sigma_max
+    lo, hi = DPConfig.MIN_NOISE_MULTIPLIER, sigma_max  # below it neither config nor PRV accepts sigma
     if eps(lo) <= target_epsilon:
         return lo
     while hi / lo > 1 + tolerance:

@@ -3,6 +3,8 @@
 `ClientPrivacy` owns the client's `PrivacyLedger`. A journal that fails verification when the
 ledger opens does not stop the process: the client refuses every round with the reason (so the
 federation goes on without it) until an operator restores the journal — see threat_model.md.
+Every entry is signed with ``signing_key`` (the deployment passes the client's certificate key;
+without one the ledger makes an in-memory key, see `PrivacyLedger`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..config import Config, DPConfig
 from ..crypto.prg import ChaCha20PRG
@@ -39,7 +42,8 @@ class ClientPrivacy:
 
     def __init__(self, root: Path, client_id: str, dp: DPConfig, *, batch_size: int, local_epochs: float,
                  lr: float, planned_rounds: int,
-                 noise_prg: Callable[[int, int], ChaCha20PRG] | None = None) -> None:
+                 noise_prg: Callable[[int, int], ChaCha20PRG] | None = None,
+                 signing_key: Ed25519PrivateKey | None = None) -> None:
         self.dp = dp
         self._noise_prg = noise_prg
         self.client_id = client_id
@@ -48,11 +52,16 @@ class ClientPrivacy:
         self.error: str | None = None
         self.ledger: PrivacyLedger | None = None
         try:
-            self.ledger = PrivacyLedger(root, client_id, dp)
+            self.ledger = PrivacyLedger(root, client_id, dp, signing_key=signing_key)
         except JournalError as exc:
             self.error = str(exc)
         self._plans: dict[tuple[int, int], RoundPlan] = {}
         self._released: set[int] = set()
+
+    def close(self) -> None:
+        """Release the ledger folder's lock (a restarted client in this process can then open it)."""
+        if self.ledger is not None:
+            self.ledger.close()
 
     def _plan(self, stage: int, round: int, n_samples: int) -> RoundPlan:
         if self.ledger is None:

@@ -6,6 +6,14 @@ first line chains to a genesis hash bound to the client id) and ``hash`` is SHA-
 removed, reordered or foreign line is a `JournalError` naming the line. Removing lines from the
 *end* leaves a valid chain; the ledger catches that by checking the journal against the entry
 count and head hash it saved (atomically) after the last append.
+
+Signing (v2 entries). Each entry also carries ``key`` (the raw Ed25519 public key, hex) and
+``sig``: the signature over ``SIG_CONTEXT || hash``. The chain alone uses no key, so anyone who can
+write the journal could re-chain an edit; the signature needs the client's private key, which
+never lives in the ledger folder (the deployment's certificate key, or the simulating process's
+memory). Verification takes the allowed public keys from *outside* the folder (the roster next to
+the ledger folders, or the federation's certificates): `read_journal(..., keys=...)`. v1 entries
+(written before signing) carry no signature; they verify only without ``keys``.
 """
 
 from __future__ import annotations
@@ -13,15 +21,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ..crypto.keys import public_bytes
 from ..errors import JournalError
 
-__all__ = ["SpendJournal", "genesis", "entry_hash", "read_journal", "check_anchor", "atomic_write_json"]
+__all__ = ["SpendJournal", "genesis", "entry_hash", "read_journal", "check_anchor", "atomic_write_json",
+           "public_hex", "is_signed"]
 
-VERSION = 1
+VERSION = 2
+#: v1: unsigned (written before signing); v2: signed. The genesis string stays the v1 one.
+_GENESIS_VERSION = 1
+SIG_CONTEXT = b"secure-fcit/v1/spend-journal-entry\n"
 #: Every entry carries these; DP entries add sigma, C, q, steps and the epsilons.
 BASE_KEYS = frozenset({"v", "seq", "time", "client", "stage", "round", "kind", "prev", "hash"})
 KINDS = frozenset({"dp-sgd", "release"})
@@ -29,11 +45,37 @@ DP_KEYS = frozenset({"sigma", "C", "q", "steps", "eps_rdp", "eps_prv", "delta"})
 
 
 def genesis(client_id: str) -> str:
-    return hashlib.sha256(f"secure-fcit spend journal v{VERSION}:{client_id}".encode()).hexdigest()
+    return hashlib.sha256(f"secure-fcit spend journal v{_GENESIS_VERSION}:{client_id}".encode()).hexdigest()
+
+
+def public_hex(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """The raw Ed25519 public key as hex: how the journal and the roster name a signing key."""
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return public_bytes(pub).hex()
+
+
+def is_signed(entries: list[dict[str, Any]]) -> bool:
+    """Whether the (non-empty) journal is signed; a mixed one never verifies with keys."""
+    return bool(entries) and all("sig" in e for e in entries)
+
+
+def _check_signature(entry: dict[str, Any], keys: Collection[str], where: str) -> None:
+    key, sig = entry.get("key"), entry.get("sig")
+    if entry.get("v") != 2 or not isinstance(key, str) or not isinstance(sig, str):
+        raise JournalError(f"{where}: entry is not signed (a v1 entry written before signing, or its "
+                           "signature was stripped)")
+    if key not in keys:
+        raise JournalError(f"{where}: signed with key {key[:16]}..., which is not a key of client "
+                           f"{entry['client']!r} on the roster (re-signed by someone else?)")
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(key)).verify(
+            bytes.fromhex(sig), SIG_CONTEXT + entry["hash"].encode())
+    except (ValueError, InvalidSignature):
+        raise JournalError(f"{where}: the entry's signature does not verify (edited or forged)") from None
 
 
 def _canonical(entry: dict[str, Any]) -> bytes:
-    return json.dumps({k: v for k, v in entry.items() if k != "hash"}, sort_keys=True,
+    return json.dumps({k: v for k, v in entry.items() if k not in ("hash", "sig")}, sort_keys=True,
                       separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -60,8 +102,12 @@ def atomic_write_json(path: Path, data: Any) -> None:
     _fsync_dir(path.parent)
 
 
-def read_journal(path: Path, client_id: str | None = None) -> list[dict[str, Any]]:
-    """Every entry of the journal at ``path``, verified; ``client_id`` (if given) must own it."""
+def read_journal(path: Path, client_id: str | None = None,
+                 keys: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """Every entry of the journal at ``path``, verified; ``client_id`` (if given) must own it.
+
+    With ``keys`` (hex public keys taken from outside the ledger folder) every entry must be
+    signed by one of them; without, only the hash chain is checked (v1 journals, tools)."""
     path = Path(path)
     if not path.exists():
         return []
@@ -97,6 +143,8 @@ def read_journal(path: Path, client_id: str | None = None) -> list[dict[str, Any
             raise JournalError(f"{where}: broken hash chain (a line before it was edited or removed)")
         if entry_hash(entry) != entry["hash"]:
             raise JournalError(f"{where}: the entry's hash does not match its content (edited)")
+        if keys is not None:
+            _check_signature(entry, keys, where)
         prev = entry["hash"]
         entries.append(entry)
     return entries
@@ -126,13 +174,19 @@ def check_anchor(state_path: Path, journal_path: Path, entries: list[dict[str, A
 
 
 class SpendJournal:
-    """One client's journal file: verified when opened, appended with fsync."""
+    """One client's journal file: verified when opened, appended (signed) with fsync.
 
-    def __init__(self, path: Path, client_id: str) -> None:
+    With ``signing_key`` every appended entry is signed, and the journal read at open must be
+    signed by that key or one of ``keys`` (the client's keys from the roster)."""
+
+    def __init__(self, path: Path, client_id: str, signing_key: Ed25519PrivateKey | None = None,
+                 keys: Collection[str] = ()) -> None:
         self.path = Path(path)
         self.client_id = client_id
+        self._signing_key = signing_key
+        self.keys = None if signing_key is None else frozenset({*keys, public_hex(signing_key)})
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.entries = read_journal(self.path, client_id)
+        self.entries = read_journal(self.path, client_id, self.keys)
 
     @property
     def head(self) -> str:
@@ -146,8 +200,14 @@ class SpendJournal:
 
     def append(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Chain, write and fsync one entry; returns it. Nothing is acted on before this returns."""
-        entry = {"v": VERSION, "seq": len(self.entries), "client": self.client_id, **fields, "prev": self.head}
+        signed = self._signing_key is not None
+        entry = {"v": VERSION if signed else 1, "seq": len(self.entries), "client": self.client_id, **fields,
+                 "prev": self.head}
+        if signed:
+            entry["key"] = public_hex(self._signing_key)
         entry["hash"] = entry_hash(entry)
+        if signed:
+            entry["sig"] = self._signing_key.sign(SIG_CONTEXT + entry["hash"].encode()).hex()
         line = json.dumps(entry, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
         created = not self.path.exists()
         with open(self.path, "a") as f:

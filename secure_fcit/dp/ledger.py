@@ -4,23 +4,45 @@ The journal is the record of truth; ``accountant.json`` (saved atomically after 
 the accountant history for a fast start and anchors the journal's length and head hash, so a
 journal cut short is caught too. A spend is journaled and fsynced *before* the steps it pays for:
 a crash in between over-counts, never under-counts.
+
+Two things live outside the ledger folder, so that someone who can write the folder cannot forge
+the spend (threat model: /tmp/tm_ledger.md, docs/threat_model.md):
+- the signing key: every entry is signed with the client's Ed25519 key (`signing_key`: the
+  deployment's certificate key; in the in-process simulation a key generated in memory by the
+  simulating process, never written anywhere);
+- the roster ``root/ledger-roster.json`` (`LedgerRoster`): per client, the public keys allowed to
+  sign its journal and the entry count and head hash after its last append. The ledger checks the
+  journal against it when it opens (a deleted or cut-short journal is refused, not restarted at 0),
+  and the audit runs against it (every client of the run, none silently left out).
+The ledger folder is locked (``ledger.lock``, `fcntl.flock`) for the ledger's lifetime: a second
+opener, in this process or another, is refused naming the folder and the holder's pid.
 """
 
 from __future__ import annotations
 
 import builtins
+import fcntl
+import json
 import math
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import DPConfig
-from ..errors import BudgetExhausted, PrivacyError
-from .accounting import Mechanism, derive_noise_multiplier, epsilon, prv_epsilon, rdp_epsilon
-from .journal import SpendJournal, atomic_write_json, check_anchor
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-__all__ = ["RoundPlan", "PrivacyLedger", "client_dir"]
+from ..config import DPConfig
+from ..errors import BudgetExhausted, JournalError, PrivacyError
+from .accounting import Mechanism, derive_noise_multiplier, epsilon, prv_epsilon, rdp_epsilon
+from .journal import SpendJournal, atomic_write_json, check_anchor, public_hex
+
+__all__ = ["RoundPlan", "PrivacyLedger", "LedgerRoster", "client_dir", "read_roster", "check_roster_record",
+           "ROSTER_NAME", "LOCK_NAME"]
+
+ROSTER_NAME = "ledger-roster.json"
+LOCK_NAME = "ledger.lock"
 
 
 @dataclass(frozen=True)
@@ -43,17 +65,122 @@ def client_dir(root: Path, client_id: str) -> Path:
     return Path(root) / client_id
 
 
+def read_roster(path: Path) -> dict[str, dict[str, Any]]:
+    """The roster's clients: ``{client id: {"keys": [hex], "entries": n, "head": hash | None}}``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise JournalError(f"{path}: the ledger roster cannot be read ({exc})") from None
+    clients = data.get("clients") if isinstance(data, dict) else None
+    if not isinstance(clients, dict) or not all(
+            isinstance(r, dict) and isinstance(r.get("keys"), list) and isinstance(r.get("entries"), int)
+            for r in clients.values()):
+        raise JournalError(f"{path}: not a ledger roster (clients with keys, entries and head)")
+    return clients
+
+
+def check_roster_record(record: dict[str, Any], roster: Path, journal: Path, entries: list[dict[str, Any]]) -> None:
+    """Raise `JournalError` when the journal is shorter than the roster recorded, or differs there."""
+    n = record.get("entries", 0)
+    if len(entries) < n:
+        raise JournalError(f"{journal}: {len(entries)} entries, but the roster {roster} recorded {n} "
+                           "(entries removed from its end, or the journal or its folder deleted)")
+    if n and entries[n - 1]["hash"] != record.get("head"):
+        raise JournalError(f"{journal}: entry {n - 1} differs from the head the roster {roster} recorded "
+                           "(rewritten journal)")
+
+
+class LedgerRoster:
+    """``root/ledger-roster.json``: outside every ledger folder, read-modify-written under a lock
+    (``ledger-roster.json.lock``) so the ledgers of one run, in one process or several, share it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def clients(self) -> dict[str, dict[str, Any]]:
+        return read_roster(self.path) if self.path.exists() else {}
+
+    def _update(self, change: Callable[[dict[str, dict[str, Any]]], None]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            clients = self.clients()
+            change(clients)
+            atomic_write_json(self.path, {"version": 1, "clients": clients})
+
+    def enroll(self, client_id: str, key: str) -> None:
+        def change(clients: dict[str, dict[str, Any]]) -> None:
+            record = clients.setdefault(client_id, {"keys": [], "entries": 0, "head": None})
+            if key not in record["keys"]:
+                record["keys"].append(key)
+        self._update(change)
+
+    def record(self, client_id: str, entries: int, head: str) -> None:
+        def change(clients: dict[str, dict[str, Any]]) -> None:
+            clients[client_id].update(entries=entries, head=head)
+        self._update(change)
+
+
+def _lock_folder(folder: Path):
+    """An exclusive `fcntl.flock` on ``folder/ledger.lock``, kept while the returned file is open."""
+    f = open(folder / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise PrivacyError(f"the ledger folder {folder} is in use by process {holder} (its ledger.lock is "
+                           "held): two ledgers on one folder could each pass the cap; stop the other one "
+                           "first") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
 class PrivacyLedger:
     """Journal + accountant + cap for one client dataset, under ``root/<client_id>/``."""
 
-    def __init__(self, root: Path, client_id: str, dp: DPConfig) -> None:
+    def __init__(self, root: Path, client_id: str, dp: DPConfig, *,
+                 signing_key: Ed25519PrivateKey | None = None) -> None:
         self.dp = dp
         self.client_id = client_id
         self.dir = client_dir(root, client_id)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_folder(self.dir)  # before anything is read: the state cannot move under us
+        try:
+            self._open(Path(root), signing_key)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, root: Path, signing_key: Ed25519PrivateKey | None) -> None:
+        # No key given (the in-process simulation, tests): one made here, in memory only. A ledger
+        # continued by a later process signs with its own key; the roster lists every key used.
+        key = signing_key if signing_key is not None else Ed25519PrivateKey.generate()
+        self.roster = LedgerRoster(root / ROSTER_NAME)
+        record = self.roster.clients().get(self.client_id, {"keys": [], "entries": 0, "head": None})
         self.state_path = self.dir / "accountant.json"
-        self.journal = SpendJournal(self.dir / "journal.jsonl", client_id)
+        self.journal = SpendJournal(self.dir / "journal.jsonl", self.client_id, key, record["keys"])
+        check_roster_record(record, self.roster.path, self.journal.path, self.journal.entries)
+        self.roster.enroll(self.client_id, public_hex(key))
         self._check_anchor()
+        if len(self.journal) != record["entries"]:
+            self.roster.record(self.client_id, len(self.journal), self.journal.head)
+
+    def close(self) -> None:
+        """Release the folder's lock; the ledger is not used after this."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> PrivacyLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- state ---------------------------------------------------------------------------------
     def _check_anchor(self) -> None:
@@ -62,6 +189,14 @@ class PrivacyLedger:
         # (a crash after an append, before the save): the journal is the truth; catch up.
         if len(self.journal) > (n or 0):
             self._save_state()
+
+    def _append(self, fields: dict[str, Any]) -> dict[str, Any]:
+        if self._lock is None:
+            raise PrivacyError(f"the ledger of {self.client_id!r} was closed")
+        entry = self.journal.append(fields)  # signed, written and fsynced: the record of truth
+        self._save_state()
+        self.roster.record(self.client_id, len(self.journal), self.journal.head)
+        return entry
 
     def _save_state(self) -> None:
         atomic_write_json(self.state_path, {
@@ -120,24 +255,22 @@ class PrivacyLedger:
         history = [*self.history, (plan.sigma, plan.q, plan.steps)]
         eps_rdp = rdp_epsilon(history, self.dp.delta)
         eps_prv = prv_epsilon(history, self.dp.delta)
-        capped = eps_rdp if self.dp.accountant == "rdp" else eps_prv
+        # PRV unavailable (NaN: noise too small for it, see accounting.prv_result): RDP enforces the cap.
+        capped = eps_rdp if self.dp.accountant == "rdp" or math.isnan(eps_prv) else eps_prv
         if capped > self.dp.epsilon:
             raise BudgetExhausted(self._exhausted(plan.q, plan.steps, plan.sigma, capped))
-        entry = self.journal.append({
+        entry = self._append({
             "time": _now(), "stage": plan.stage, "round": plan.round, "kind": "dp-sgd",
             "sigma": plan.sigma, "C": plan.max_grad_norm, "q": plan.q, "steps": plan.steps,
             "batch_size": plan.batch_size, "delta": self.dp.delta, "accountant": self.dp.accountant,
-            "epsilon_max": self.dp.epsilon, "eps_rdp": _finite(eps_rdp), "eps_prv": _finite(eps_prv),
+            "epsilon_max": self.dp.epsilon, "eps_rdp": _finite(eps_rdp), "eps_prv": "unavailable" if math.isnan(eps_prv) else _finite(eps_prv),
         })
-        self._save_state()
         return entry
 
     def record_release(self, stage: int, round: int, what: str, **detail: Any) -> dict[str, Any]:
         """Journal a release of something derived from the client's data that DP does not cover."""
-        entry = self.journal.append({"time": _now(), "stage": stage, "round": round, "kind": "release",
-                                     "what": what, "dp": False, **detail})
-        self._save_state()
-        return entry
+        return self._append({"time": _now(), "stage": stage, "round": round, "kind": "release",
+                             "what": what, "dp": False, **detail})
 
 
 def _finite(x: float) -> float | str:

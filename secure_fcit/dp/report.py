@@ -8,10 +8,19 @@ each client's whole history. A journaled epsilon that disagrees with the recompu
 It writes ``REPORT.md``, ``REPORT.html``, ``REPORT.json`` and ``epsilon.png`` (epsilon over rounds).
 Releases that DP does not cover are listed: identity tokens from the journals, and the
 coordinator's small-cohort (k_min) releases and the clients' refusals from ``metrics.json``.
+
+The audit runs against the roster (``ledger-roster.json`` next to the ledger folders, written by
+the ledgers, see `ledger.LedgerRoster`): every client on it must have a journal signed by one of
+its roster keys (or, with ``certs``, by the key of its federation certificate), at least as long
+as the roster recorded and with the recorded head. A missing client or journal, or one that fails
+verification, is FAILED: shown as failed, never as epsilon 0, and the largest epsilon is then
+unknown (inf). A journal under no roster is either "unsigned (written before signing)" (v1
+journals of runs made before signing; chain-checked only) or FAILED when it is signed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import math
@@ -23,13 +32,16 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import JournalError, PrivacyError
-from .accounting import PRV_EPS_ERROR, prv_epsilon, rdp_epsilon
-from .journal import check_anchor, read_journal
+from .accounting import PRV_EPS_ERROR, prv_result, rdp_epsilon
+from .journal import check_anchor, is_signed, read_journal
+from .ledger import ROSTER_NAME, check_roster_record, read_roster
 
 __all__ = ["audit", "write_report", "find_journals", "MISMATCH_TOLERANCE"]
 
 #: A journaled epsilon may differ from the recomputed one by this much (float noise only).
 MISMATCH_TOLERANCE = 1e-6
+VERIFIED = "verified"
+UNSIGNED = "unsigned (written before signing)"
 
 
 def find_journals(state: Path) -> list[Path]:
@@ -44,15 +56,89 @@ def find_journals(state: Path) -> list[Path]:
     return journals
 
 
-def _verify(path: Path) -> tuple[list[dict[str, Any]], str]:
-    """The journal's entries and "verified", or what is wrong with it (the ledger's own checks)."""
+def _verify(path: Path, client: str | None = None, record: dict[str, Any] | None = None,
+            roster: Path | None = None, keys: list[str] | None = None) -> tuple[list[dict[str, Any]], str]:
+    """The journal's entries and its status: `VERIFIED`, `UNSIGNED`, or "FAILED: <reason>".
+
+    ``record`` is the client's roster entry (None: the journal is on no roster); ``keys``, when
+    given, replace the roster's keys (the federation certificates' keys)."""
     try:
-        entries = read_journal(path)
-        if entries:
-            check_anchor(path.with_name("accountant.json"), path, entries, entries[0]["client"])
+        if record is None:
+            if (path.parent.parent / ROSTER_NAME).exists():
+                raise JournalError(f"{path}: not on the roster {path.parent.parent / ROSTER_NAME}")
+            entries = read_journal(path)
+            if entries:
+                check_anchor(path.with_name("accountant.json"), path, entries, entries[0]["client"])
+            if any("sig" in e for e in entries):
+                raise JournalError(f"{path}: a signed journal on no roster (its keys cannot be checked)")
+            return entries, UNSIGNED
+        if not path.exists():
+            if record.get("entries", 0):
+                raise JournalError(f"{path}: the journal of {client!r} is missing; the roster {roster} "
+                                   f"recorded {record['entries']} entries")
+            return [], VERIFIED  # enrolled, never charged
+        entries = read_journal(path, client, record["keys"] if keys is None else keys)
+        check_roster_record(record, roster, path, entries)
+        check_anchor(path.with_name("accountant.json"), path, entries, client)
+        if entries and not is_signed(entries):
+            raise JournalError(f"{path}: unsigned entries")
     except JournalError as exc:
         return [], f"FAILED: {exc}"
-    return entries, "verified"
+    return entries, VERIFIED
+
+
+def _targets(state: Path) -> tuple[dict[Path, tuple[str | None, dict[str, Any] | None, Path | None]],
+                                   list[dict[str, str]], list[tuple[str, str]]]:
+    """Every journal to audit: each roster client's (present or not), then journals on no roster.
+
+    Returns {journal: (client, roster record, roster)}, the rosters read (path, sha256), and the
+    rosters that could not be read (path, reason)."""
+    only: str | None = None
+    if state.is_file():
+        rosters, journals, only = [state.parent.parent / ROSTER_NAME], [state], state.parent.name
+    elif (state / "journal.jsonl").exists() or (state.parent / ROSTER_NAME).exists():
+        rosters, journals, only = [state.parent / ROSTER_NAME], [state / "journal.jsonl"], state.name
+    else:
+        rosters, journals = sorted(state.rglob(ROSTER_NAME)), sorted(state.rglob("journal.jsonl"))
+    targets: dict[Path, tuple[str | None, dict[str, Any] | None, Path | None]] = {}
+    read, unreadable = [], []
+    for roster in (r for r in rosters if r.exists()):
+        try:
+            clients = read_roster(roster)
+        except JournalError as exc:
+            unreadable.append((str(roster), str(exc)))
+            continue
+        read.append({"path": str(roster), "sha256": hashlib.sha256(roster.read_bytes()).hexdigest()})
+        for cid, record in sorted(clients.items()):
+            if only is None or cid == only:
+                targets[roster.parent / cid / "journal.jsonl"] = (cid, record, roster)
+    for j in journals:
+        if j.exists() and j not in targets:
+            targets[j] = (None, None, None)
+    if not targets and not unreadable:
+        find_journals(state)  # raises, naming what is missing
+    return targets, read, unreadable
+
+
+def _certificate_keys(certs: Path, clients: list[str]) -> dict[str, list[str]]:
+    """Each client's key from its certificate under ``certs`` (checked against the CA); none if absent."""
+    from ..crypto.certs import client_directory
+    from ..errors import ConfigError
+
+    keys: dict[str, list[str]] = {}
+    for cid in clients:
+        try:
+            keys[cid] = [client_directory(certs, [cid]).get(cid, b"").hex()]
+        except ConfigError:
+            keys[cid] = []
+    return keys
+
+
+def _failed_report(path: Path, client: str, status: str) -> dict[str, Any]:
+    """A failed journal: no numbers from it (its epsilon is unknown, never 0)."""
+    return {"client": client, "journal": str(path), "status": status, "entries": 0, "accountant": None,
+            "delta": None, "epsilon_max": None, "epsilon": {"rdp": None, "prv": None}, "remaining": None,
+            "over_budget": False, "rounds": [], "stages": [], "mismatches": [], "releases_without_dp": []}
 
 
 def _client_report(path: Path, entries: list[dict[str, Any]], status: str,
@@ -74,9 +160,13 @@ def _client_report(path: Path, entries: list[dict[str, Any]], status: str,
                        "sigma": e["sigma"], "C": e["C"], "q": e["q"], "steps": e["steps"], "eps_rdp": eps})
         if progress_cb:
             progress_cb()
-    eps_prv = prv_epsilon(history, delta) if history else 0.0
-    if dp and not isinstance(dp[-1]["eps_prv"], str) and abs(dp[-1]["eps_prv"] - eps_prv) > MISMATCH_TOLERANCE * max(1.0, eps_prv):
-        mismatches.append(f"last entry: journal says eps_prv {dp[-1]['eps_prv']}, recomputed {eps_prv:.9g}")
+    # PRV for the whole history; None with a reason where the PRV accountant cannot account it
+    # (bounded cost, never raises: accounting.prv_result), and RDP then stands for the cap.
+    eps_prv, prv_reason = prv_result(history, delta) if history else (0.0, None)
+    if dp and not isinstance(dp[-1]["eps_prv"], str) and (
+            eps_prv is None or abs(dp[-1]["eps_prv"] - eps_prv) > MISMATCH_TOLERANCE * max(1.0, eps_prv)):
+        mismatches.append(f"last entry: journal says eps_prv {dp[-1]['eps_prv']}, recomputed "
+                          + (f"{eps_prv:.9g}" if eps_prv is not None else f"unavailable ({prv_reason})"))
     if rounds:
         rounds[-1]["eps_prv"] = eps_prv
     per_stage: dict[int, dict[str, Any]] = {}
@@ -93,11 +183,12 @@ def _client_report(path: Path, entries: list[dict[str, Any]], status: str,
     eps_max = dp[-1]["epsilon_max"] if dp else None
     accountant = dp[-1]["accountant"] if dp else None
     final = {"rdp": rounds[-1]["eps_rdp"] if rounds else 0.0, "prv": eps_prv}
-    capped = final.get(accountant or "rdp", 0.0)
+    capped = final["rdp"] if accountant != "prv" or eps_prv is None else eps_prv
     return {
         "client": client, "journal": str(path), "status": status, "entries": len(entries),
         "accountant": accountant, "delta": delta, "epsilon_max": eps_max,
-        "epsilon": final, "remaining": None if eps_max is None else eps_max - capped,
+        "epsilon": final, "prv_unavailable": prv_reason,
+        "remaining": None if eps_max is None else eps_max - capped,
         "over_budget": eps_max is not None and capped > eps_max,
         "rounds": rounds, "stages": stages, "mismatches": mismatches,
         "releases_without_dp": [{k: e[k] for k in ("seq", "stage", "round", "what", "time") if k in e}
@@ -113,14 +204,28 @@ def _run_metrics(state: Path) -> dict[str, Any] | None:
     return None
 
 
-def audit(state: Path, progress: bool = True) -> dict[str, Any]:
-    """Verify and recompute every journal under ``state``; returns the report as data."""
+def audit(state: Path, progress: bool = True, certs: Path | None = None) -> dict[str, Any]:
+    """Verify and recompute every journal under ``state`` against its roster; returns the report.
+
+    ``certs``: a federation certificate folder; each roster client's journal must then be signed
+    by the key of its CA-checked certificate (not merely a key the roster lists)."""
     state = Path(state)
-    verified = [(j, *_verify(j)) for j in find_journals(state)]
-    total = sum(1 for _, entries, _ in verified for e in entries if e["kind"] == "dp-sgd")
+    targets, rosters, unreadable = _targets(state)
+    cert_keys = (_certificate_keys(Path(certs), [c for c, _, _ in targets.values() if c is not None])
+                 if certs is not None else {})
+    verified = [(j, client or (j.parent.name), *_verify(j, client, record, roster, cert_keys.get(client)))
+                for j, (client, record, roster) in targets.items()]
+    total = sum(1 for _, _, entries, _ in verified for e in entries if e["kind"] == "dp-sgd")
     bar = tqdm(total=total, desc="recomputing epsilon", unit="entry", disable=not progress, leave=False)
-    clients = [_client_report(j, entries, status, lambda: bar.update(1)) for j, entries, status in verified]
+    clients = [_failed_report(j, client, status) if status.startswith("FAILED") else
+               _client_report(j, entries, status, lambda: bar.update(1)) for j, client, entries, status in verified]
+    clients += [_failed_report(Path(r), f"roster {r}", f"FAILED: {why}") for r, why in unreadable]
     bar.close()
+    failed = [c["client"] for c in clients if c["status"].startswith("FAILED")]
+    counted = [c for c in clients if not c["status"].startswith("FAILED")]
+    # A failed journal's spend is unknown: the largest epsilon is then unknown too (inf), never
+    # the largest of the others.
+    unknown = math.inf if failed else None
     metrics = _run_metrics(state) if state.is_dir() else None
     return {
         "state": str(state),
@@ -129,12 +234,16 @@ def audit(state: Path, progress: bool = True) -> dict[str, Any]:
         "clients": clients,
         "summary": {
             "clients": len(clients),
-            "verified": sum(c["status"] == "verified" for c in clients),
-            "failed": [c["client"] for c in clients if c["status"] != "verified"],
+            "verified": sum(c["status"] == VERIFIED for c in clients),
+            "unsigned": [c["client"] for c in clients if c["status"] == UNSIGNED],
+            "failed": failed,
             "mismatches": sum(len(c["mismatches"]) for c in clients),
             "over_budget": [c["client"] for c in clients if c["over_budget"]],
-            "max_epsilon_rdp": max((c["epsilon"]["rdp"] for c in clients), default=0.0),
-            "max_epsilon_prv": max((c["epsilon"]["prv"] for c in clients), default=0.0),
+            "max_epsilon_rdp": unknown or max((c["epsilon"]["rdp"] for c in counted), default=0.0),
+            "max_epsilon_prv": unknown or max((c["epsilon"]["prv"] for c in counted
+                                               if c["epsilon"]["prv"] is not None), default=0.0),
+            "max_epsilon_rdp_not_failed": max((c["epsilon"]["rdp"] for c in counted), default=0.0),
+            "rosters": rosters,
         },
         "small_cohort_releases": (metrics or {}).get("small_cohort_releases", []),
         "refusals": (metrics or {}).get("refusals", []),
@@ -144,6 +253,8 @@ def audit(state: Path, progress: bool = True) -> dict[str, Any]:
 
 
 def _fmt(x: Any) -> str:
+    if x is None:
+        return "n/a"
     if isinstance(x, float):
         return "inf" if math.isinf(x) else f"{x:.4g}"
     return str(x)
@@ -154,10 +265,17 @@ def _markdown(rep: dict[str, Any]) -> str:
     out = ["# Privacy audit report", "",
            f"Source: `{rep['state']}`. Every number below is recomputed from the journals with fresh accountants: "
            f"RDP = {rep['accountants']['rdp']}; PRV = {rep['accountants']['prv']}.", "",
-           f"- clients: {s['clients']}; hash chains verified: {s['verified']}; failed: {', '.join(s['failed']) or 'none'}",
+           f"- clients: {s['clients']}; journals verified (signed, against the roster): {s['verified']}; "
+           f"failed: {', '.join(s['failed']) or 'none'}",
+           *([f"- unsigned (written before signing; hash chain checked, no signature, no roster): "
+              f"{', '.join(s['unsigned'])}"] if s.get("unsigned") else []),
+           *([f"- roster `{r['path']}` sha256 `{r['sha256']}`" for r in s.get("rosters", [])]
+             or ["- no ledger roster: the clients the run had cannot be checked"]),
            f"- journaled epsilons that disagree with the recomputation: {s['mismatches']}",
            f"- clients over budget: {', '.join(s['over_budget']) or 'none'}",
-           f"- largest epsilon: RDP {s['max_epsilon_rdp']:.4g}, PRV {s['max_epsilon_prv']:.4g}", ""]
+           (f"- largest epsilon: **unknown** ({len(s['failed'])} journal(s) FAILED: {', '.join(s['failed'])}); "
+            f"RDP {s['max_epsilon_rdp_not_failed']:.4g} among the others" if s["failed"] else
+            f"- largest epsilon: RDP {s['max_epsilon_rdp']:.4g}, PRV {s['max_epsilon_prv']:.4g}"), ""]
     if rep.get("run"):
         r = rep["run"]
         out += [f"Run: {r['strategy']} on {r['setting']}, beta {r['beta']}, seed {r['seed']}: "
@@ -166,7 +284,11 @@ def _markdown(rep: dict[str, Any]) -> str:
             "| client | chain | accountant | delta | eps RDP | eps PRV | eps max | remaining | DP rounds | releases w/o DP |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for c in rep["clients"]:
-        chain = "verified" if c["status"] == "verified" else "**FAILED**"
+        failed = c["status"].startswith("FAILED")
+        chain = "**FAILED**" if failed else c["status"]
+        if failed:
+            out.append(f"| {c['client']} | {chain} | | | **FAILED** | **FAILED** | | | | |")
+            continue
         out.append(f"| {c['client']} | {chain} | {c['accountant']} | {_fmt(c['delta'])} | {_fmt(c['epsilon']['rdp'])} | "
                    f"{_fmt(c['epsilon']['prv'])} | {_fmt(c['epsilon_max'])} | {_fmt(c['remaining'])} | "
                    f"{len(c['rounds'])} | {len(c['releases_without_dp'])} |")
@@ -176,7 +298,7 @@ def _markdown(rep: dict[str, Any]) -> str:
         for st in c["stages"]:
             sig = _fmt(st["sigma_min"]) if st["sigma_min"] == st["sigma_max"] else f"{_fmt(st['sigma_min'])}–{_fmt(st['sigma_max'])}"
             out.append(f"| {c['client']} | {st['stage'] + 1} | {st['rounds']} | {st['steps']} | {sig} | {_fmt(st['C'])} | {_fmt(st['q'])} |")
-    problems = [(c["client"], c["status"]) for c in rep["clients"] if c["status"] != "verified"]
+    problems = [(c["client"], c["status"]) for c in rep["clients"] if c["status"] != VERIFIED]
     problems += [(c["client"], m) for c in rep["clients"] for m in c["mismatches"]]
     if problems:
         out += ["", "## Problems", ""] + [f"- {who}: {what}" for who, what in problems]

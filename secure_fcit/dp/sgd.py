@@ -11,10 +11,17 @@ The loss is the per-sequence loss (mean over one sequence's answer tokens) summe
 so each sample's gradient is its own; the noised sum is divided by the expected batch size q*n.
 Data-independent terms (FedProx's proximal term, EWC's penalty, O-LoRA's orthogonality) are added
 after the noise: they touch no example, so adding them is post-processing.
+
+Every step checks, before clipping, that the per-sample gradients summed over the batch equal
+autograd's ``.grad`` for each trainable parameter (`check_grad_sample`: one sum per parameter and
+an allclose). Opacus #820 and its kind (a peft/transformers change that leaves a hook computing
+the wrong per-sample gradient) would clip and noise the wrong vectors while the accountant charges
+for the right ones; the check turns that into a `PrivacyError` naming the parameter.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,7 +38,7 @@ from ..errors import PrivacyError
 from ..model.chat import EncodedSample, collate_train, model_device, per_sequence_loss
 from ..model.train import warmup_linear_decay
 
-__all__ = ["ChaChaDPOptimizer", "DPStepResult", "dp_train_steps", "poisson_batches"]
+__all__ = ["ChaChaDPOptimizer", "DPStepResult", "check_grad_sample", "dp_train_steps", "poisson_batches"]
 
 
 class ChaChaDPOptimizer(DPOptimizer):
@@ -59,6 +66,32 @@ def poisson_batches(n: int, q: float, steps: int, prg: ChaCha20PRG) -> list[np.n
     if not 0 < q <= 1:
         raise PrivacyError(f"sample rate q must be in (0, 1], got {q}")
     return [np.flatnonzero(prg.uniform(n) < q) for _ in range(steps)]
+
+
+def check_grad_sample(params: Sequence[torch.nn.Parameter], names: Sequence[str]) -> None:
+    """Raise `PrivacyError` unless each parameter's per-sample gradients (``grad_sample``) sum over
+    the batch to its ``.grad`` (autograd's gradient of the summed loss), within float rounding."""
+    for p, name in zip(params, names, strict=True):
+        gs = getattr(p, "grad_sample", None)
+        if p.grad is None and gs is None:
+            continue  # the parameter took no part in this batch's loss
+        if gs is None or p.grad is None:
+            raise PrivacyError(f"per-sample gradient check: {name} has "
+                               f"{'no grad_sample' if gs is None else 'no .grad'} after backward; "
+                               "Opacus' hooks and autograd disagree (opacus#820?); pin the tested versions")
+        if isinstance(gs, list):  # a module used twice: Opacus keeps one tensor per use
+            gs = torch.stack(gs).sum(0)
+        summed = gs.detach().sum(0, dtype=torch.float64)
+        grad = p.grad.detach().to(torch.float64)
+        # Rounding tolerance of the parameter's dtype: float32 sums of many terms differ from
+        # autograd's in the last digits; a wrong hook differs by the gradient's own magnitude.
+        rtol = max(1e-4, 64 * torch.finfo(p.dtype).eps)
+        atol = rtol * float(grad.abs().max()) + 1e-12
+        if summed.shape != grad.shape or not torch.allclose(summed, grad, rtol=rtol, atol=atol):
+            diff = float((summed - grad).abs().max()) if summed.shape == grad.shape else math.inf
+            raise PrivacyError(f"per-sample gradient check: the per-sample gradients of {name} do not sum to "
+                               f"autograd's gradient (max difference {diff:.3g}, tolerance {atol:.3g}): "
+                               "clipping would bound the wrong vectors (opacus#820?); pin the tested versions")
 
 
 @dataclass
@@ -97,6 +130,8 @@ def dp_train_steps(
     if {id(p) for p in trainable} != {id(p) for p in params}:
         raise PrivacyError("DP-SGD must train exactly the slot's parameters; others are trainable too")
     prg = prg or ChaCha20PRG()
+    names_by_id = {id(p): n for n, p in model.named_parameters()}
+    names = [names_by_id.get(id(p), f"parameter {i}") for i, p in enumerate(params)]
     device = model_device(model)
     n = len(samples)
     expected = sample_rate * n
@@ -119,6 +154,7 @@ def dp_train_steps(
                 with warnings.catch_warnings():  # frozen inputs: Opacus' hooks fire on outputs, as intended
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     per_seq.sum().backward()
+                check_grad_sample(params, names)  # before any clipping or noise
                 losses.append(float(per_seq.mean().detach()))
             else:  # an empty Poisson batch: zero per-sample gradients, the step is still noised
                 for p in params:

@@ -146,8 +146,13 @@ def build_organizer(config: Config, dim: int, slots: SlotLoRA, layout: dict[str,
 
 
 def build_learner(config: Config, client_id: str, slots: SlotLoRA, encoder, samples: dict, instructions: dict,
-                  pad: int, planned: int, privacy_dir: Path | None = None, noise_prg=None) -> SlotLearner:
-    """The configured strategy's learner for one client (in process, or in a client process)."""
+                  pad: int, planned: int, privacy_dir: Path | None = None, noise_prg=None,
+                  ledger_key=None) -> SlotLearner:
+    """The configured strategy's learner for one client (in process, or in a client process).
+
+    ``ledger_key`` signs the client's spend journal: the client's certificate key in a deployment;
+    ``None`` in the in-process simulation, where each ledger makes its key in memory (never on disk,
+    so whoever can write ``privacy_dir`` afterwards cannot re-sign a journal)."""
     fc = config.fcit
     spec = TrainSpec(epochs=fc.local_epochs, batch_size=fc.local_batch_size, lr=fc.lr)
     args = (client_id, slots, encoder, samples, instructions, spec, pad, config.seed)
@@ -157,7 +162,8 @@ def build_learner(config: Config, client_id: str, slots: SlotLoRA, encoder, samp
             raise ConfigError("dp.enabled needs a folder for the client's spend journal")
         kw["privacy"] = ClientPrivacy(privacy_dir, client_id, config.dp, batch_size=fc.local_batch_size,
                                       local_epochs=fc.local_epochs, lr=fc.lr, planned_rounds=planned,
-                                      noise_prg=None if noise_prg is None else functools.partial(noise_prg, client_id))
+                                      noise_prg=None if noise_prg is None else functools.partial(noise_prg, client_id),
+                                      signing_key=ledger_key)
     if fc.strategy == "fedprox":
         return FedProxLearner(*args, mu=fc.fedprox_mu, **kw)
     if fc.strategy == "ewc":

@@ -62,6 +62,7 @@ def test_a_crash_during_training_over_counts_and_never_under_counts(learner, tmp
     monkeypatch.setattr(dp_client, "dp_train_steps", crash)
     with pytest.raises(KeyboardInterrupt):
         learner.train(0, 0, 0, learner.slots.initial_vector(1))
+    learner.privacy.close()  # the crashed process is gone: its ledger lock with it
     ledger = PrivacyLedger(tmp_path, "client-007", DP)  # the restarted client
     assert len(ledger.history) == 1 and ledger.spent()["rdp"] > 0
 
@@ -71,6 +72,7 @@ def test_a_tampered_journal_stops_training_until_an_operator_acts(learner, tmp_p
     path = tmp_path / "client-007" / "journal.jsonl"
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:-1]) + "\n" if len(lines) > 1 else "")  # drop the spend
+    learner.privacy.close()
     restarted = ClientPrivacy(tmp_path, "client-007", DP, batch_size=4, local_epochs=1.0, lr=1e-2, planned_rounds=3)
     reason = restarted.refuse_reason(0, 1, 6)
     assert reason is not None and "failed verification" in reason

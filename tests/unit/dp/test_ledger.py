@@ -33,6 +33,7 @@ def test_the_journal_chains_and_reads_back(tmp_path):
     assert [e["seq"] for e in entries] == [0, 1, 2, 3]
     assert [e["kind"] for e in entries] == ["dp-sgd"] * 3 + ["release"]
     assert all(b["prev"] == a["hash"] for a, b in zip(entries, entries[1:], strict=False))
+    led.close()  # the folder is locked while a ledger is open (one ledger per folder)
     again = _ledger(tmp_path)  # a restart continues the same ledger
     assert again.history == led.history and again.rounds_charged == 3
 
@@ -74,6 +75,7 @@ def test_a_crash_after_the_journal_write_over_counts(tmp_path):
     plan = led.plan(0, 0, 40, 16, 2.0, 6)
     led.charge(plan)
     # the process dies here, before any step ran and before anything else was saved
+    led.close()
     (tmp_path / "client-000" / "accountant.json").unlink()
     again = _ledger(tmp_path)
     assert again.history == [(plan.sigma, plan.q, plan.steps)]
