@@ -360,7 +360,8 @@ class DeployConfig:
     phase_timeout: float = 900.0
     #: seconds the server waits for clients before the first stage (then it starts with those present).
     join_timeout: float = 600.0
-    #: clients that must be connected before the stream starts (0 = every client of the roster).
+    #: clients that must be connected before the stream starts (0 = every client of the roster),
+    #: and, when above a round's cohort, before each later phase (up to ``join_timeout`` each).
     min_clients: int = 0
     #: a client's reconnect backoff doubles from 0.5 s up to this many seconds.
     backoff_max: float = 30.0

@@ -359,8 +359,10 @@ class FederationServer:
                 if coord.state == "before-stage" and coord.position[0] > len(self.matrix):
                     self._evaluate_stage(coord.position[0] - 1)
                 self._checkpoint()
-                # A phase started with fewer clients than a cohort would only abort: wait for them.
-                await self._wait_for_clients(min(self.config.scenario.clients_per_round, len(self.clients)))
+                # A phase started with fewer clients than a cohort would only abort: wait for them
+                # (and for deploy.min_clients, so a restarting site is back before the next phase).
+                cohort = min(self.config.scenario.clients_per_round, len(self.clients))
+                await self._wait_for_clients(max(cohort, min(self.deploy.min_clients, len(self.clients))))
                 for identity, peer in list(self._peers.items()):
                     if peer.needs_sync:
                         self._sync(identity, peer)

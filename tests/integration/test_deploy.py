@@ -50,7 +50,8 @@ def _free_port() -> int:
 
 
 def _toml(path: Path, model_dir: Path, cache: Path, certs: Path, port: int, rounds: int = ROUNDS,
-          phase_timeout: float = 60.0, clients_per_round: int = 4) -> Path:
+          phase_timeout: float = 60.0, clients_per_round: int = 4, min_clients: int = 0,
+          join_timeout: float = 120.0) -> Path:
     path.write_text(f"""
 [model]
 path = "{model_dir}"
@@ -91,7 +92,8 @@ port = {port}
 certs = "{certs}"
 read_timeout = 5.0
 phase_timeout = {phase_timeout}
-join_timeout = 120.0
+join_timeout = {join_timeout}
+min_clients = {min_clients}
 """)
     return path
 
@@ -252,7 +254,9 @@ def test_a_killed_and_a_stalled_client_are_dropped_and_every_round_completes(pre
     # The phase timer cannot tell a stalled peer from an honest one still training: it must exceed
     # an honest round. Rounds here take 2-9 s when two other CPU-bound jobs share 2 cores; at 8 s,
     # runs on a more loaded machine skipped a round (both tries aborted), so 20 s.
-    fed = federation(phase_timeout=20.0, rounds=rounds)
+    # min_clients = 5: the server waits at each boundary for the killed client's restart (rounds of
+    # the micro model take well under a second on an idle machine: the stream would end first).
+    fed = federation(phase_timeout=20.0, rounds=rounds, min_clients=5)
     fed.start_server()
     for client in CLIENTS:
         fed.start_client(client)
@@ -349,8 +353,10 @@ def _rss_kib(pid: int) -> int:
 
 def test_a_thousand_hostile_frames_while_five_clients_train(prepared, tmp_path):
     root, port = tmp_path, _free_port()
+    # min_clients = 5 and a client killed after the first round: the server then waits at the next
+    # boundary for it (join_timeout 600 s), so the stream outlasts the fuzzer however fast rounds run.
     config = _toml(root / "federation.toml", prepared["model"], prepared["cache"], prepared["fed"] / "server-certs",
-                   port, rounds=8)
+                   port, rounds=8, min_clients=5, join_timeout=600.0)
     certs = prepared["fed"] / "pki"
     fed = Federation(root, config, prepared["fed"])
     sent: list[bytes] = []
@@ -359,6 +365,8 @@ def test_a_thousand_hostile_frames_while_five_clients_train(prepared, tmp_path):
         for client in CLIENTS:
             fed.start_client(client)
         fed.wait_for(lambda: any(e["event"] == "round-start" for e in fed.events()), what="the first round")
+        fed.clients["client-004"].send_signal(signal.SIGKILL)
+        fed.clients["client-004"].wait()
         rss_before = _rss_kib(fed.server.pid)
 
         @settings(max_examples=1000, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
@@ -371,6 +379,7 @@ def test_a_thousand_hostile_frames_while_five_clients_train(prepared, tmp_path):
         send()
         assert fed.server.poll() is None, "the stream ended before the fuzzer did: make it longer"
         rss_after = _rss_kib(fed.server.pid)
+        fed.start_client("client-004")  # back: the stream goes on
         assert fed.wait_server() == 0, fed.log("server")[-3000:]
     finally:
         fed.close()

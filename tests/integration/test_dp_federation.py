@@ -21,7 +21,7 @@ def dp_config(model_dir, cache, strategy="disco", kind="cap", **dp):
     base = micro_config(model_dir, cache, strategy, kind=kind)
     from dataclasses import asdict
 
-    data = {k: asdict(getattr(base, k)) for k in ("model", "data", "eval", "scenario", "fcit")}
+    data = {k: asdict(getattr(base, k)) for k in ("model", "data", "eval", "scenario", "fcit", "privacy")}
     data["lora"] = asdict(base.lora)
     data["dp"] = {"enabled": True, "epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0, **dp}
     return config_from_dict(data)
