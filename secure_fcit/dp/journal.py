@@ -32,7 +32,7 @@ from ..crypto.keys import public_bytes
 from ..errors import JournalError
 
 __all__ = ["SpendJournal", "genesis", "entry_hash", "read_journal", "check_anchor", "atomic_write_json",
-           "public_hex", "is_signed"]
+           "public_hex", "is_signed", "fsync_dir"]
 
 VERSION = 2
 #: v1: unsigned (written before signing); v2: signed. The genesis string stays the v1 one.
@@ -83,7 +83,8 @@ def entry_hash(entry: dict[str, Any]) -> str:
     return hashlib.sha256(entry["prev"].encode() + b"\n" + _canonical(entry)).hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder, so a rename or unlink in it survives a crash."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -99,7 +100,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def read_journal(path: Path, client_id: str | None = None,
@@ -215,6 +216,6 @@ class SpendJournal:
             f.flush()
             os.fsync(f.fileno())
         if created:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self.entries.append(entry)
         return entry

@@ -65,6 +65,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from secure_fcit.crypto.keys import verify
 from secure_fcit.crypto.prg import ChaCha20PRG
+from secure_fcit.dp.journal import fsync_dir
 from secure_fcit.errors import ConfigError, CryptoError, LocalProtocolError, RemoteProtocolError
 from secure_fcit.protocols.aggregation import (
     _AGGREGATOR_KEY,
@@ -441,14 +442,6 @@ def create_keys(stage: int = 0) -> CKKSKeys:
     return CKKSKeys(secret=_pack(secret), public=_pack({"params": params}))
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def destroy_file(path: str | Path) -> None:
     """Overwrite ``path`` with zeros in place, fsync, then unlink it. On copy-on-write file systems
     and SSDs the old blocks may survive below the file system; keep key folders on encrypted disks."""
@@ -458,7 +451,7 @@ def destroy_file(path: str | Path) -> None:
         f.write(b"\0" * size)
         os.fsync(f.fileno())
     path.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -478,7 +471,7 @@ def _replace_secret(path: Path, data: bytes) -> None:
     if path.exists():
         destroy_file(path)
     os.replace(staged, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_keys(directory: str | Path) -> tuple[Path, Path]:
@@ -509,7 +502,7 @@ def rotate_keys(directory: str | Path, stage: int = 0) -> tuple[Path, Path]:
     staged_public.write_bytes(keys.public)
     _replace_secret(secret_path, keys.secret)
     os.replace(staged_public, public_path)
-    _fsync_dir(out)
+    fsync_dir(out)
     return secret_path, public_path
 
 
