@@ -103,7 +103,6 @@ class Coordinator:
         self.dp = dp  # round metadata for the k_min policy "allow-with-dp"
         self._rng = rng
         self._factory = aggregator_factory
-        self._kind = ""
         self.events: list[dict[str, Any]] = []
         self._state = S.BEFORE_STAGE
         self._stage = self._round = self._attempt = 0
@@ -187,8 +186,7 @@ class Coordinator:
             return []  # not a worker of this stream
         # A member of the planned stage joins it; anyone else waits idle for its next StageStart.
         planned = self._state == S.BEFORE_ROUND and peer in self._members
-        org = self.organizer
-        tokens = np.asarray(org.tokens, dtype=np.float32).reshape(-1, org.dim)
+        tokens = self._broadcast_tokens()
         message = StageSync(
             federation_id=self.federation_id, stage=self._stage, round=self._round if planned else -1,
             attempt=self._attempt, sender=self.coordinator_id,
@@ -274,8 +272,8 @@ class Coordinator:
         # public, fixed by (federation, stage, attempt): workers recompute and check it
         hash_seed = public_hash_seed(self.federation_id, self._stage, self._attempt)
         org = self.organizer
-        tokens = np.asarray(org.tokens, dtype=np.float32).reshape(-1, org.dim)
-        self._aggregator_kind = self._factory_kind()
+        tokens = self._broadcast_tokens()
+        self._new_aggregator()
         start = self._message(
             StageStart,
             -1,
@@ -303,7 +301,7 @@ class Coordinator:
         weights = np.asarray(self.organizer.global_weights(self._active), dtype=np.float32)
         if weights.shape != (len(self._active), self.slot_size):
             raise LocalProtocolError(f"organizer returned weights of shape {weights.shape}")
-        self._aggregator_kind = self._factory_kind()
+        self._new_aggregator()
         start = self._message(
             RoundStart,
             self._round,
@@ -312,10 +310,8 @@ class Coordinator:
             weights=weights,
             aggregation=self._aggregator_kind,
         )
-        org = self.organizer
-        tokens = np.asarray(org.tokens, dtype=np.float32).reshape(-1, org.dim)
         out = self._begin_phase(self._round, cohort, update_vector_length(len(self._active), self.slot_size),
-                                state_digest(tokens, start))
+                                state_digest(self._broadcast_tokens(), start))
         self._transition("start-round")
         self._log("round-start", cohort=list(cohort))
         return [(c, start) for c in cohort] + out + self._progress()
@@ -339,26 +335,29 @@ class Coordinator:
             found["cut_pairs"] = [list(p) for p in cut]
         return found
 
-    def _factory_kind(self) -> str:
-        """The aggregation kind the phases announce (the factory's aggregators are all one kind)."""
-        if not self._kind:
-            probe = self._factory()
-            if not isinstance(probe, SecureAggregator):
-                raise ConfigError("aggregator_factory must return a SecureAggregator")
-            self._kind = probe.kind
-        return self._kind
+    def _broadcast_tokens(self) -> np.ndarray:
+        """The global tokens as every broadcast carries them (and as the phase digest hashes them)."""
+        org = self.organizer
+        return np.asarray(org.tokens, dtype=np.float32).reshape(-1, org.dim)
 
-    def _begin_phase(self, round_: int, cohort: tuple[str, ...], length: int, context: bytes) -> list[Outgoing]:
+    def _new_aggregator(self) -> None:
+        """A fresh aggregator for the next phase; its kind goes into the phase's start message."""
         aggregator = self._factory()
         if not isinstance(aggregator, SecureAggregator):
             raise ConfigError("aggregator_factory must return a SecureAggregator")
+        self._reset_phase()
+        self._aggregator, self._aggregator_kind = aggregator, aggregator.kind
+
+    def _begin_phase(self, round_: int, cohort: tuple[str, ...], length: int, context: bytes) -> list[Outgoing]:
+        """Begin the secure sum of the aggregator ``_new_aggregator`` made for this phase."""
+        aggregator = self._aggregator
+        if aggregator is None:
+            raise LocalProtocolError("no aggregator for this phase")
         phase = "token" if round_ < 0 else "update"
         # ``context``: the digest of the broadcast, so that clients sent different global states
         # (tokens, weights, cohort) cannot complete this sum together.
         round_id = AggregationRound(self.federation_id, self._stage, round_, self._attempt, phase, context)
-        self._reset_phase()
-        self._aggregator, self._cohort, self._cohort_set = aggregator, cohort, frozenset(cohort)
-        self._aggregator_kind = aggregator.kind
+        self._cohort, self._cohort_set = cohort, frozenset(cohort)
         return aggregator.begin(round_id, cohort, length)
 
     def _progress(self) -> list[Outgoing]:
