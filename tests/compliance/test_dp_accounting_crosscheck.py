@@ -2,7 +2,7 @@
 ``dp-accounting`` (a test-only dependency): RDP against its RDP accountant at the same orders, PRV
 against its PLD accountant, for every client journal of the committed run ``disco-dp8-s0``.
 
-Regenerate the README's figures: ``.venv/bin/python -m pytest -q -s tests/compliance/test_dp_accounting_crosscheck.py``.
+Regenerate the figures in docs/privacy.md: ``.venv/bin/python -m pytest -q -s tests/compliance/test_dp_accounting_crosscheck.py``.
 """
 
 from __future__ import annotations
