@@ -152,6 +152,7 @@ class ScenarioConfig:
             raise ConfigError(f"scenario.beta must be > 0, got {self.beta}")
 
 
+DP_OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd", "momentum")
 STRATEGIES: tuple[str, ...] = ("disco", "finetune", "fedprox", "ewc", "olora")
 
 
@@ -189,6 +190,10 @@ class FCITConfig:
     fedprox_mu: float = 0.01
     ewc_lambda: float = 1.0
     olora_lambda: float = 0.5
+    #: FFA-LoRA (Sun et al., ICLR 2024): every slot's A stays at its public random initialisation
+    #: and only B trains. Under DP it halves the noised parameters, and averaging B alone is exact
+    #: (the mean of B_k A equals (mean B_k) A).
+    freeze_lora_a: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -208,6 +213,9 @@ class FCITConfig:
         self.dko()  # DKO's own checks (tau, k_min, max_slots, n_buckets, ...), named under fcit.
         if self.ssa_temperature <= 0:
             raise ConfigError(f"fcit.ssa_temperature must be > 0, got {self.ssa_temperature}")
+        if self.freeze_lora_a and self.strategy in ("ewc", "olora"):
+            raise ConfigError(f"fcit.freeze_lora_a (FFA-LoRA) works with disco, finetune and fedprox; "
+                              f"{self.strategy} trains its own parts of A")
         if min(self.fedprox_mu, self.ewc_lambda, self.olora_lambda) < 0:
             raise ConfigError("fcit.fedprox_mu, fcit.ewc_lambda and fcit.olora_lambda must be >= 0")
 
@@ -321,8 +329,16 @@ class DPConfig:
     #: The accountant that enforces the cap and derives sigma; both RDP and PRV are reported.
     accountant: str = "rdp"
     #: Rounds a client plans to take part in; 0 = expected participation + 2 standard deviations
-    #: under uniform cohort sampling of the configured scenario.
+    #: under uniform cohort sampling of the configured scenario (per task with ``per_task``).
     planned_rounds: int = 0
+    #: Per-task accounting (parallel composition): one account per (client, task), a task being a
+    #: public label of the client's samples fixed before training; the client's epsilon is the
+    #: maximum over its tasks. False: one account over the whole stream.
+    per_task: bool = True
+    #: The DP-SGD step: "adamw" (the non-private recipe), "sgd", or "momentum" (SGD, momentum 0.9).
+    optimizer: str = "adamw"
+    #: The DP-SGD learning rate; 0 = ``fcit.lr``.
+    lr: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.epsilon > 0:
@@ -341,6 +357,10 @@ class DPConfig:
             raise ConfigError(f"dp.accountant must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}")
         if self.planned_rounds < 0:
             raise ConfigError(f"dp.planned_rounds must be >= 0, got {self.planned_rounds}")
+        if self.optimizer not in DP_OPTIMIZERS:
+            raise ConfigError(f"dp.optimizer must be one of {', '.join(DP_OPTIMIZERS)}, got {self.optimizer!r}")
+        if not 0 <= self.lr < 100:
+            raise ConfigError(f"dp.lr must be in [0, 100) (0: fcit.lr), got {self.lr}")
 
 
 @dataclass(frozen=True)

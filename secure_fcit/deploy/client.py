@@ -41,8 +41,11 @@ from .roster import stage_dir
 __all__ = ["FederationClient", "load_client_data"]
 
 
-def load_client_data(data: str | Path, n_stages: int, processor) -> tuple[dict[int, list], dict[int, list[str]]]:
-    """Encoded samples and instructions per stage from ``<data>/stage-NN/train.json`` (absent: no data)."""
+def load_client_data(data: str | Path, n_stages: int, processor
+                     ) -> tuple[dict[int, list], dict[int, list[str]], dict[int, tuple[str, ...]]]:
+    """Encoded samples, instructions and task labels per stage from ``<data>/stage-NN/train.json``
+    (absent: no data) and the optional ``stage-NN/tasks.json`` (a JSON list of the task names of
+    that stage's samples, for per-task accounting; absent: the stage composes with every other)."""
     from ..fcit.evaluate import encode_train_records
 
     root = Path(data)
@@ -50,16 +53,26 @@ def load_client_data(data: str | Path, n_stages: int, processor) -> tuple[dict[i
         raise ConfigError(f"client data folder {root} does not exist")
     samples: dict[int, list] = {}
     instructions: dict[int, list[str]] = {}
+    tasks: dict[int, tuple[str, ...]] = {}
     for stage in range(n_stages):
         path = stage_dir(root, stage) / "train.json"
         if not path.is_file():
             continue
+        labels = path.with_name("tasks.json")
+        if labels.is_file():
+            try:
+                names = json.loads(labels.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"{labels}: not readable JSON ({exc})") from None
+            if not isinstance(names, list) or not names or not all(isinstance(t, str) and t for t in names):
+                raise ConfigError(f"{labels}: must be a non-empty JSON list of task names")
+            tasks[stage] = tuple(dict.fromkeys(names))
         records = load_train(path)
         samples[stage] = encode_train_records(processor, records, desc=f"stage {stage}")
         instructions[stage] = [r.turns[0][0] for r in records]
     if not samples:
         raise ConfigError(f"client data folder {root} holds no stage-NN/train.json for the {n_stages} stages")
-    return samples, instructions
+    return samples, instructions, tasks
 
 
 def _snapshot_json(snap: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +119,7 @@ class FederationClient:
     def __init__(self, config: Config, client_id: str, data: str | Path, state_dir: str | Path, *,
                  certs: str | None = None, log: Callable[[str], None] | None = None,
                  noise_prg: Callable[[str, int, int], Any] | None = None) -> None:
-        from ..dp.client import planned_rounds
+        from ..dp.client import planned_by_task, planned_rounds
         from ..fcit.simulate import build_learner, build_slots, slot_layout
         from ..model.encoder import load_encoder
         from ..model.loading import load_llava
@@ -138,10 +151,11 @@ class FederationClient:
         model, processor = load_llava(model_dir)
         slots = build_slots(model, slot_layout(config, n_stages))
         encoder = load_encoder(config.fcit.encoder, model_dir)
-        samples, instructions = load_client_data(data, n_stages, processor)
+        samples, instructions, tasks = load_client_data(data, n_stages, processor)
+        planned = planned_by_task(config, tasks, n_stages) if config.dp.per_task else planned_rounds(config, n_stages)
         self.learner = build_learner(config, client_id, slots, encoder, samples, instructions,
-                                     processor.tokenizer.pad_token_id, planned_rounds(config, n_stages),
-                                     self.state_dir / "privacy", noise_prg, ledger_key=identity_key)
+                                     processor.tokenizer.pad_token_id, planned,
+                                     self.state_dir / "privacy", noise_prg, ledger_key=identity_key, tasks=tasks)
         self._released_path = self.state_dir / "released.json"
         self.worker = self._new_worker(aggregator)
         self._snapshot_path = self.state_dir / "worker.json"

@@ -158,6 +158,8 @@ def prepare_federation(config: Config, out: str | Path, progress: bool = True) -
                                   {"from": "gpt", "value": answer}]
                     records.append({"id": f"{task}-{rec.id}", "image": image, "conversations": turns})
             (folder / "train.json").write_text(json.dumps(records, indent=1) + "\n")
+            # the public task labels of the stage's samples: per-task accounting (dp.per_task)
+            (folder / "tasks.json").write_text(json.dumps([t for t, idx in parts if len(idx)]) + "\n")
             folders[cid] = out / "clients" / cid
     roster = Roster(replace_stages(scenario))
     (out / ROSTER_FILE).write_text(json.dumps(roster.to_json(), indent=1) + "\n")

@@ -39,9 +39,33 @@ from ..config import DPConfig
 from ..errors import PrivacyError
 
 __all__ = ["Mechanism", "PRVResult", "rdp_epsilon", "prv_epsilon", "prv_result", "epsilon",
-           "derive_noise_multiplier", "PRV_EPS_ERROR", "PRV_MAX_L", "PRV_MAX_DOMAIN"]
+           "derive_noise_multiplier", "PRV_EPS_ERROR", "PRV_MAX_L", "PRV_MAX_DOMAIN", "STREAM_PARTITION",
+           "entry_tasks", "task_histories"]
 
 Mechanism = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps)
+
+#: The partition of a journal entry that names no task (older journals; a deployment whose stage
+#: folders carry no task label): one partition for the whole stream, so everything composes.
+STREAM_PARTITION = "stream"
+
+
+def entry_tasks(entry: dict) -> tuple[str, ...]:
+    """The tasks (partitions of the client's data) a journal entry's mechanism touched."""
+    tasks = entry.get("tasks")
+    return tuple(tasks) if tasks else (STREAM_PARTITION,)
+
+
+def task_histories(entries: Sequence[dict]) -> dict[str, list[Mechanism]]:
+    """Per-task accounting (parallel composition): each task's history holds the DP-SGD mechanisms
+    that touched its samples, in journal order. A sample belongs to one task, a public label fixed
+    before training, and enters only the rounds on its task's data; a task that returns composes all
+    its stages. The client's guarantee is the maximum over its tasks' epsilons."""
+    out: dict[str, list[Mechanism]] = {}
+    for e in entries:
+        if e.get("kind") == "dp-sgd":
+            for task in entry_tasks(e):
+                out.setdefault(task, []).append((e["sigma"], e["q"], e["steps"]))
+    return out
 
 #: The PRV accountant's epsilon error (Opacus' ``eps_error``); it returns the upper bound.
 PRV_EPS_ERROR = 0.05

@@ -20,10 +20,11 @@ from ..config import Config, DPConfig
 from ..crypto.prg import ChaCha20PRG
 from ..errors import JournalError, PrivacyError
 from ..model.chat import EncodedSample
+from .accounting import STREAM_PARTITION
 from .ledger import PrivacyLedger, RoundPlan
 from .sgd import DPStepResult, dp_train_steps
 
-__all__ = ["ClientPrivacy", "planned_rounds"]
+__all__ = ["ClientPrivacy", "planned_rounds", "planned_by_task"]
 
 
 def planned_rounds(config: Config, n_stages: int) -> int:
@@ -35,13 +36,28 @@ def planned_rounds(config: Config, n_stages: int) -> int:
     return max(1, math.ceil(n * p + 2 * math.sqrt(n * p * (1 - p))))
 
 
+def planned_by_task(config: Config, tasks: dict[int, tuple[str, ...]], n_stages: int) -> dict[str, int]:
+    """`planned_rounds` per task: a task held in m stages plans the participation of m stages.
+    Stages without a task label count for `accounting.STREAM_PARTITION`, which composes them all."""
+    stages: dict[str, int] = {}
+    for stage in range(n_stages):
+        for task in tasks.get(stage) or (STREAM_PARTITION,):
+            stages[task] = stages.get(task, 0) + 1
+    return {task: planned_rounds(config, m) for task, m in stages.items()}
+
+
 class ClientPrivacy:
-    """``noise_prg`` is for equality tests only: ``noise_prg(stage, round)`` gives the round's
+    """Per-task accounting: ``tasks`` maps each stage to the tasks of the client's samples in it
+    (public labels fixed before training); a round charges each of its tasks, and the client's
+    epsilon is the maximum over tasks. ``planned_rounds`` is one number, or one per task.
+
+    ``noise_prg`` is for equality tests only: ``noise_prg(stage, round)`` gives the round's
     ChaCha20 stream (batch sampling and noise). No config or command line reaches it; without it
     (always, in production) every round draws a fresh key from ``os.urandom``."""
 
     def __init__(self, root: Path, client_id: str, dp: DPConfig, *, batch_size: int, local_epochs: float,
-                 lr: float, planned_rounds: int,
+                 lr: float, planned_rounds: int | dict[str, int],
+                 tasks: dict[int, tuple[str, ...]] | None = None,
                  noise_prg: Callable[[int, int], ChaCha20PRG] | None = None,
                  signing_key: Ed25519PrivateKey | None = None) -> None:
         self.dp = dp
@@ -49,6 +65,7 @@ class ClientPrivacy:
         self.client_id = client_id
         self.batch_size, self.local_epochs, self.lr = batch_size, local_epochs, lr
         self.planned_rounds = planned_rounds
+        self.tasks = dict(tasks or {})
         self.error: str | None = None
         self.ledger: PrivacyLedger | None = None
         try:
@@ -66,7 +83,8 @@ class ClientPrivacy:
     def _plan(self, stage: int, round: int, n_samples: int) -> RoundPlan:
         if self.ledger is None:
             raise JournalError(self.journal_error())
-        return self.ledger.plan(stage, round, n_samples, self.batch_size, self.local_epochs, self.planned_rounds)
+        return self.ledger.plan(stage, round, n_samples, self.batch_size, self.local_epochs, self.planned_rounds,
+                                self.tasks.get(stage) or (STREAM_PARTITION,))
 
     def journal_error(self) -> str | None:
         if self.ledger is None:
@@ -86,7 +104,8 @@ class ClientPrivacy:
         plan = self._plans.pop((stage, round), None) or self._plan(stage, round, len(samples))
         self.ledger.charge(plan)  # journaled and fsynced before the first step
         return dp_train_steps(model, params, samples, noise_multiplier=plan.sigma, max_grad_norm=plan.max_grad_norm,
-                              sample_rate=plan.q, steps=plan.steps, lr=self.lr, pad_id=pad_id,
+                              sample_rate=plan.q, steps=plan.steps, lr=self.dp.lr or self.lr, pad_id=pad_id,
+                              optimizer=self.dp.optimizer,
                               extra_loss=extra_loss, grad_masks=grad_masks, collect_sq=collect_sq,
                               prg=None if self._noise_prg is None else self._noise_prg(stage, round))
 

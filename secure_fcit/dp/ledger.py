@@ -35,7 +35,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..config import DPConfig
 from ..errors import BudgetExhausted, JournalError, PrivacyError
-from .accounting import Mechanism, derive_noise_multiplier, epsilon, prv_epsilon, rdp_epsilon
+from .accounting import (
+    STREAM_PARTITION,
+    Mechanism,
+    derive_noise_multiplier,
+    epsilon,
+    prv_epsilon,
+    rdp_epsilon,
+    task_histories,
+)
 from .journal import SpendJournal, atomic_write_json, check_anchor, public_hex
 
 __all__ = ["RoundPlan", "PrivacyLedger", "LedgerRoster", "client_dir", "read_roster", "check_roster_record",
@@ -57,6 +65,8 @@ class RoundPlan:
     steps: int
     batch_size: int
     eps_after: float
+    #: The tasks (partitions of the client's data) the round's samples belong to: each is charged.
+    tasks: tuple[str, ...] = (STREAM_PARTITION,)
 
 
 def client_dir(root: Path, client_id: str) -> Path:
@@ -207,21 +217,34 @@ class PrivacyLedger:
 
     @property
     def history(self) -> list[Mechanism]:
+        """Every DP-SGD mechanism in the journal, whatever its task."""
         return [(e["sigma"], e["q"], e["steps"]) for e in self.journal if e["kind"] == "dp-sgd"]
+
+    def task_histories(self) -> dict[str, list[Mechanism]]:
+        """Per task: the mechanisms that touched its samples (`accounting.task_histories`)."""
+        return task_histories(self.journal.entries)
 
     @property
     def rounds_charged(self) -> int:
-        return sum(1 for e in self.journal if e["kind"] == "dp-sgd")
+        """DP-SGD rounds journaled, whatever their task."""
+        return len(self.history)
 
     def spent(self) -> dict[str, float]:
-        h = self.history
-        return {"rdp": rdp_epsilon(h, self.dp.delta), "prv": prv_epsilon(h, self.dp.delta)}
+        """The client's epsilon: the maximum over its tasks (parallel composition), RDP and PRV."""
+        hs = list(self.task_histories().values()) or [[]]
+        return {"rdp": max(rdp_epsilon(h, self.dp.delta) for h in hs),
+                "prv": _max_prv([prv_epsilon(h, self.dp.delta) for h in hs])}
 
     # --- planning and charging -----------------------------------------------------------------
     def plan(self, stage: int, round: int, n_samples: int, batch_size: int, local_epochs: float,
-             planned_rounds: int) -> RoundPlan:
-        """The round's (sigma, q, steps); raises `BudgetExhausted` or `PrivacyError` with the reason."""
+             planned_rounds: int | dict[str, int], tasks: tuple[str, ...] = (STREAM_PARTITION,)) -> RoundPlan:
+        """The round's (sigma, q, steps); raises `BudgetExhausted` or `PrivacyError` with the reason.
+
+        ``tasks``: the tasks of the round's samples; each task's history is charged, and sigma is
+        the largest any of them needs. ``planned_rounds``: the rounds the client plans on each task
+        (one number for all, or per task), for deriving sigma from the budget."""
         dp = self.dp
+        tasks = tuple(dict.fromkeys(tasks)) or (STREAM_PARTITION,)
         if n_samples < 1:
             raise PrivacyError("no samples to train on")
         if dp.delta >= 1.0 / n_samples:
@@ -229,32 +252,45 @@ class PrivacyLedger:
                                "stage data: the guarantee would allow releasing a whole sample")
         q = min(1.0, batch_size / n_samples)
         steps = max(1, int(builtins.round(local_epochs / q)))
-        history = self.history
+        histories = self.task_histories()
         if dp.noise_multiplier is not None:
             sigma = float(dp.noise_multiplier)
         else:
-            left = max(1, planned_rounds - self.rounds_charged)
-            derived = derive_noise_multiplier(history, (0.0, q, steps * left), dp.epsilon, dp.delta)
-            if derived is None:
-                raise BudgetExhausted(self._exhausted(q, steps))
-            sigma = derived
-        after = epsilon([*history, (sigma, q, steps)], dp.delta, dp.accountant)
+            sigma = 0.0
+            for task in tasks:
+                history = histories.get(task, [])
+                planned = planned_rounds[task] if isinstance(planned_rounds, dict) else planned_rounds
+                left = max(1, planned - len(history))
+                derived = derive_noise_multiplier(history, (0.0, q, steps * left), dp.epsilon, dp.delta)
+                if derived is None:
+                    raise BudgetExhausted(self._exhausted(q, steps, task=task))
+                sigma = max(sigma, derived)
+        after = max(epsilon([*histories.get(t, []), (sigma, q, steps)], dp.delta, dp.accountant) for t in tasks)
         if after > dp.epsilon:
             raise BudgetExhausted(self._exhausted(q, steps, sigma, after))
-        return RoundPlan(stage, round, sigma, dp.max_grad_norm, q, steps, batch_size, after)
+        return RoundPlan(stage, round, sigma, dp.max_grad_norm, q, steps, batch_size, after, tasks)
 
-    def _exhausted(self, q: float, steps: int, sigma: float | None = None, after: float | None = None) -> str:
-        now = epsilon(self.history, self.dp.delta, self.dp.accountant)
+    def _exhausted(self, q: float, steps: int, sigma: float | None = None, after: float | None = None,
+                   task: str | None = None) -> str:
+        hs = self.task_histories()
+        now = (epsilon(hs.get(task, []), self.dp.delta, self.dp.accountant) if task is not None else
+               max((epsilon(h, self.dp.delta, self.dp.accountant) for h in hs.values()), default=0.0))
         what = (f"sigma={sigma:.4g} would bring epsilon to {after:.3f}" if sigma is not None
                 else "no noise multiplier up to 100 keeps it in budget")
-        return (f"privacy budget: {self.dp.accountant.upper()} epsilon spent {now:.3f} of {self.dp.epsilon:g} "
+        where = f" on task {task!r}" if task is not None else ""
+        return (f"privacy budget: {self.dp.accountant.upper()} epsilon spent{where} {now:.3f} of {self.dp.epsilon:g} "
                 f"(delta {self.dp.delta:g}); a round of {steps} steps at q={q:.4g}: {what}")
 
     def charge(self, plan: RoundPlan) -> dict[str, Any]:
-        """Journal the plan's spend (fsynced) before any step runs; returns the entry."""
-        history = [*self.history, (plan.sigma, plan.q, plan.steps)]
-        eps_rdp = rdp_epsilon(history, self.dp.delta)
-        eps_prv = prv_epsilon(history, self.dp.delta)
+        """Journal the plan's spend (fsynced) before any step runs; returns the entry.
+
+        The entry's epsilons are the client's guarantee after it: the maximum over every task's
+        history, the plan's tasks charged with the new mechanism."""
+        histories = self.task_histories()
+        for task in plan.tasks:
+            histories[task] = [*histories.get(task, []), (plan.sigma, plan.q, plan.steps)]
+        eps_rdp = max(rdp_epsilon(h, self.dp.delta) for h in histories.values())
+        eps_prv = _max_prv([prv_epsilon(h, self.dp.delta) for h in histories.values()])
         # PRV unavailable (NaN: noise too small for it, see accounting.prv_result): RDP enforces the cap.
         capped = eps_rdp if self.dp.accountant == "rdp" or math.isnan(eps_prv) else eps_prv
         if capped > self.dp.epsilon:
@@ -263,7 +299,8 @@ class PrivacyLedger:
             "time": _now(), "stage": plan.stage, "round": plan.round, "kind": "dp-sgd",
             "sigma": plan.sigma, "C": plan.max_grad_norm, "q": plan.q, "steps": plan.steps,
             "batch_size": plan.batch_size, "delta": self.dp.delta, "accountant": self.dp.accountant,
-            "epsilon_max": self.dp.epsilon, "eps_rdp": _finite(eps_rdp), "eps_prv": "unavailable" if math.isnan(eps_prv) else _finite(eps_prv),
+            "epsilon_max": self.dp.epsilon, "tasks": list(plan.tasks),
+            "eps_rdp": _finite(eps_rdp), "eps_prv": "unavailable" if math.isnan(eps_prv) else _finite(eps_prv),
         })
         return entry
 
@@ -271,6 +308,11 @@ class PrivacyLedger:
         """Journal a release of something derived from the client's data that DP does not cover."""
         return self._append({"time": _now(), "stage": stage, "round": round, "kind": "release",
                              "what": what, "dp": False, **detail})
+
+
+def _max_prv(values: list[float]) -> float:
+    """The largest PRV epsilon; NaN (unavailable) when any task's is: the maximum is then unknown."""
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
 
 
 def _finite(x: float) -> float | str:

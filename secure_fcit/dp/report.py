@@ -32,7 +32,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import JournalError, PrivacyError
-from .accounting import PRV_EPS_ERROR, prv_result, rdp_epsilon
+from .accounting import PRV_EPS_ERROR, entry_tasks, prv_result, rdp_epsilon
 from .journal import check_anchor, is_signed, read_journal
 from .ledger import ROSTER_NAME, check_roster_record, read_roster
 
@@ -145,24 +145,34 @@ def _client_report(path: Path, entries: list[dict[str, Any]], status: str,
                    progress_cb: Callable[[], None] | None = None) -> dict[str, Any]:
     client = entries[0]["client"] if entries else path.parent.name
     dp = [e for e in entries if e["kind"] == "dp-sgd"]
-    history: list[tuple[float, float, int]] = []
+    # Per-task accounting: one history per task; after each entry the client's epsilon is the
+    # maximum over its tasks (accounting.task_histories; an entry without tasks: one stream).
+    histories: dict[str, list[tuple[float, float, int]]] = {}
+    rdp_by_task: dict[str, float] = {}
     rounds, mismatches = [], []
     delta = dp[0]["delta"] if dp else None
     for e in dp:
         if e["delta"] != delta:
             mismatches.append(f"entry {e['seq']}: delta changed from {delta} to {e['delta']}")
-        history.append((e["sigma"], e["q"], e["steps"]))
-        eps = rdp_epsilon(history, delta)
+        for task in entry_tasks(e):
+            histories.setdefault(task, []).append((e["sigma"], e["q"], e["steps"]))
+            rdp_by_task[task] = rdp_epsilon(histories[task], delta)
+        eps = max(rdp_by_task.values())
         journaled = e["eps_rdp"]
         if isinstance(journaled, str) or abs(journaled - eps) > MISMATCH_TOLERANCE * max(1.0, eps):
             mismatches.append(f"entry {e['seq']}: journal says eps_rdp {journaled}, recomputed {eps:.9g}")
         rounds.append({"seq": e["seq"], "stage": e["stage"], "round": e["round"], "time": e["time"],
-                       "sigma": e["sigma"], "C": e["C"], "q": e["q"], "steps": e["steps"], "eps_rdp": eps})
+                       "sigma": e["sigma"], "C": e["C"], "q": e["q"], "steps": e["steps"], "eps_rdp": eps,
+                       "tasks": list(entry_tasks(e))})
         if progress_cb:
             progress_cb()
-    # PRV for the whole history; None with a reason where the PRV accountant cannot account it
+    # PRV per task; None with a reason where the PRV accountant cannot account one of them
     # (bounded cost, never raises: accounting.prv_result), and RDP then stands for the cap.
-    eps_prv, prv_reason = prv_result(history, delta) if history else (0.0, None)
+    eps_prv, prv_reason = (0.0, None) if not histories else (None, None)
+    if histories:
+        results = [prv_result(h, delta) for h in histories.values()]
+        missing = [r.reason for r in results if r.epsilon is None]
+        eps_prv, prv_reason = (None, missing[0]) if missing else (max(r.epsilon for r in results), None)
     if dp and not isinstance(dp[-1]["eps_prv"], str) and (
             eps_prv is None or abs(dp[-1]["eps_prv"] - eps_prv) > MISMATCH_TOLERANCE * max(1.0, eps_prv)):
         mismatches.append(f"last entry: journal says eps_prv {dp[-1]['eps_prv']}, recomputed "
@@ -188,6 +198,7 @@ def _client_report(path: Path, entries: list[dict[str, Any]], status: str,
         "client": client, "journal": str(path), "status": status, "entries": len(entries),
         "accountant": accountant, "delta": delta, "epsilon_max": eps_max,
         "epsilon": final, "prv_unavailable": prv_reason,
+        "epsilon_by_task": {t: round(v, 6) for t, v in sorted(rdp_by_task.items())},
         "remaining": None if eps_max is None else eps_max - capped,
         "over_budget": eps_max is not None and capped > eps_max,
         "rounds": rounds, "stages": stages, "mismatches": mismatches,

@@ -135,8 +135,12 @@ def dp_train_steps(
     device = model_device(model)
     n = len(samples)
     expected = sample_rate * n
-    base_opt = (torch.optim.AdamW(params, lr=lr, weight_decay=0.0) if optimizer == "adamw"
-                else torch.optim.SGD(params, lr=lr))
+    if optimizer == "adamw":
+        base_opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    elif optimizer in ("sgd", "momentum"):
+        base_opt = torch.optim.SGD(params, lr=lr, momentum=0.9 if optimizer == "momentum" else 0.0)
+    else:
+        raise PrivacyError(f"unknown DP-SGD optimizer {optimizer!r} (adamw, sgd or momentum)")
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
     opt = ChaChaDPOptimizer(base_opt, prg=prg, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                             expected_batch_size=expected, loss_reduction="mean")

@@ -42,8 +42,11 @@ class SlotLearner:
         pad_id: int,
         seed: int,
         privacy: ClientPrivacy | None = None,
+        freeze_a: bool = False,
     ) -> None:
         self.client_id = client_id
+        #: FFA-LoRA: train the slot's lora_B only (``fcit.freeze_lora_a``).
+        self.freeze_a = freeze_a
         #: DP-SGD, its ledger and budget (None: non-private training).
         self.privacy = privacy
         self._last_sq: list[torch.Tensor] | None = None
@@ -85,14 +88,14 @@ class SlotLearner:
         DP-SGD, journaled before the first step; ``collect_sq`` keeps the mean squared noised
         gradient (``_last_sq``)."""
         if self.privacy is not None:
-            with self.slots.training(slot) as params:
+            with self.slots.training(slot, freeze_a=self.freeze_a) as params:
                 result = self.privacy.train(self.slots.model, params, list(self.samples[stage]), stage, round,
                                             self.pad_id, extra_loss=extra_loss, grad_masks=grad_masks,
                                             collect_sq=collect_sq)
             self._last_sq = result.mean_sq_grad
             return
         seed = zlib.crc32(f"{self.seed}/{self.client_id}/{stage}/{round}".encode())
-        with self.slots.training(slot) as params:
+        with self.slots.training(slot, freeze_a=self.freeze_a) as params:
             hooks = [p.register_hook(lambda g, m=m: g * m) for p, m in zip(params, grad_masks or [], strict=False)]
             try:
                 train_steps(self.slots.model, list(self.samples[stage]), self.spec, self.pad_id, seed,

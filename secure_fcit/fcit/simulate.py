@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..data.schedule import CAPABILITY_GROUPS, TASK_ORDER, Scenario, build_scenario
 from ..data.tasks import get_task
-from ..dp.client import ClientPrivacy, planned_rounds
+from ..dp.client import ClientPrivacy, planned_by_task, planned_rounds
 from ..errors import ConfigError
 from ..model.encoder import load_encoder
 from ..model.loading import weights_sha256
@@ -146,22 +146,24 @@ def build_organizer(config: Config, dim: int, slots: SlotLoRA, layout: dict[str,
 
 
 def build_learner(config: Config, client_id: str, slots: SlotLoRA, encoder, samples: dict, instructions: dict,
-                  pad: int, planned: int, privacy_dir: Path | None = None, noise_prg=None,
-                  ledger_key=None) -> SlotLearner:
+                  pad: int, planned: int | dict[str, int], privacy_dir: Path | None = None, noise_prg=None,
+                  ledger_key=None, tasks: dict[int, tuple[str, ...]] | None = None) -> SlotLearner:
     """The configured strategy's learner for one client (in process, or in a client process).
 
     ``ledger_key`` signs the client's spend journal: the client's certificate key in a deployment;
     ``None`` in the in-process simulation, where each ledger makes its key in memory (never on disk,
-    so whoever can write ``privacy_dir`` afterwards cannot re-sign a journal)."""
+    so whoever can write ``privacy_dir`` afterwards cannot re-sign a journal). ``tasks``: the task
+    labels of the client's samples per stage, for per-task accounting (``dp.per_task``)."""
     fc = config.fcit
     spec = TrainSpec(epochs=fc.local_epochs, batch_size=fc.local_batch_size, lr=fc.lr)
     args = (client_id, slots, encoder, samples, instructions, spec, pad, config.seed)
-    kw = {}
+    kw: dict[str, Any] = {"freeze_a": fc.freeze_lora_a}
     if config.dp.enabled:
         if privacy_dir is None:
             raise ConfigError("dp.enabled needs a folder for the client's spend journal")
         kw["privacy"] = ClientPrivacy(privacy_dir, client_id, config.dp, batch_size=fc.local_batch_size,
                                       local_epochs=fc.local_epochs, lr=fc.lr, planned_rounds=planned,
+                                      tasks=tasks if config.dp.per_task else None,
                                       noise_prg=None if noise_prg is None else functools.partial(noise_prg, client_id),
                                       signing_key=ledger_key)
     if fc.strategy == "fedprox":
@@ -175,19 +177,24 @@ def build_learner(config: Config, client_id: str, slots: SlotLoRA, encoder, samp
 
 def _learners(config: Config, ws: Workspace, scenario: Scenario, slots: SlotLoRA, encoder,
               privacy_dir: Path | None = None, noise_prg=None) -> dict[int, SlotLearner]:
-    planned = planned_rounds(config, len(scenario.stages))
+    n_stages = len(scenario.stages)
     pad = ws.processor.tokenizer.pad_token_id
-    per_client: dict[int, tuple[dict, dict]] = {}
+    per_client: dict[int, tuple[dict, dict, dict]] = {}
     for stage in scenario.stages:
         for client, parts in stage.client_data.items():
-            samples, instructions = per_client.setdefault(client, ({}, {}))
+            samples, instructions, tasks = per_client.setdefault(client, ({}, {}, {}))
             encoded = [ws.train_samples(task)[int(i)] for task, idx in parts for i in idx]
             samples[stage.index] = encoded
             instructions[stage.index] = [ws.train_records(task)[int(i)].turns[0][0] for task, idx in parts for i in idx]
+            tasks[stage.index] = tuple(dict.fromkeys(task for task, idx in parts if len(idx)))
+
+    def planned(tasks: dict[int, tuple[str, ...]]) -> int | dict[str, int]:
+        return planned_by_task(config, tasks, n_stages) if config.dp.per_task else planned_rounds(config, n_stages)
+
     return {
-        client: build_learner(config, client_id(client), slots, encoder, samples, instructions, pad, planned,
-                              privacy_dir, noise_prg)
-        for client, (samples, instructions) in sorted(per_client.items())
+        client: build_learner(config, client_id(client), slots, encoder, samples, instructions, pad, planned(tasks),
+                              privacy_dir, noise_prg, tasks=tasks)
+        for client, (samples, instructions, tasks) in sorted(per_client.items())
     }
 
 
@@ -289,8 +296,11 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
         dp = config.dp
         sigma = "derived per round" if dp.noise_multiplier is None else f"{dp.noise_multiplier:g}"
         log(f"DP-SGD: epsilon_max {dp.epsilon:g}, delta {dp.delta:g} per client ({dp.accountant.upper()} cap), "
-            f"C {dp.max_grad_norm:g}, sigma {sigma}, planned rounds {planned_rounds(config, n_stages)}; "
-            f"journals in {privacy_dir}")
+            f"C {dp.max_grad_norm:g}, sigma {sigma}, "
+            + ("per-task accounting (the maximum over a client's tasks), planned rounds per task "
+               f"{planned_rounds(config, 1)}; " if dp.per_task else
+               f"one account per client over the stream, planned rounds {planned_rounds(config, n_stages)}; ")
+            + f"journals in {privacy_dir}")
 
     def on_boundary(coord: Coordinator) -> None:
         applied = sum(1 for e in coord.events if e["event"] == "applied")

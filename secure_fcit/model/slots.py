@@ -124,12 +124,15 @@ class SlotLoRA:
 
     # --- modes ----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def training(self, index: int) -> Iterator[list[torch.nn.Parameter]]:
-        """Only slot ``index`` active and trainable; yields its parameters."""
+    def training(self, index: int, freeze_a: bool = False) -> Iterator[list[torch.nn.Parameter]]:
+        """Only slot ``index`` active and trainable; yields its trainable parameters (with
+        ``freeze_a``, FFA-LoRA: its lora_B weights only, A kept as it is)."""
         self.ensure_slot(index)
         self.model.base_model.set_adapter(slot_name(index))
         self._freeze_all()
         params = self._params(index)
+        if freeze_a:
+            params = [p for n, p in zip(self._names[index], params, strict=True) if ".lora_B." in n]
         for p in params:
             p.requires_grad_(True)
         try:
