@@ -153,6 +153,7 @@ class ScenarioConfig:
 
 
 DP_OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd", "momentum")
+DP_MODES: tuple[str, ...] = ("local", "distributed")
 STRATEGIES: tuple[str, ...] = ("disco", "finetune", "fedprox", "ewc", "olora")
 
 
@@ -339,6 +340,24 @@ class DPConfig:
     optimizer: str = "adamw"
     #: The DP-SGD learning rate; 0 = ``fcit.lr``.
     lr: float = 0.0
+    #: "local": each client runs DP-SGD and carries the whole noise alone. "distributed": each
+    #: cohort client releases, inside the masking secure sum, only the integer-encoded sum of its
+    #: per-sample clipped gradients (one Poisson sample per round) plus a Skellam noise share; any
+    #: t surviving contributions carry the accounted noise, and the coordinator applies the step
+    #: (`dp.distributed`, threat_model.md).
+    mode: str = "local"
+    #: Distributed: the public Poisson rate of each round's sample of the client's task data.
+    sample_rate: float = 1.0
+    #: Distributed: the coordinator's step, w -= server_lr * (noisy gradient sum / noisy count).
+    server_lr: float = 0.05
+    #: Distributed: the coordinator's optimizer on the decoded mean gradient: "sgd" or "momentum" (0.9).
+    server_optimizer: str = "sgd"
+    #: Distributed: each sample adds this constant in one extra coordinate, so the noisy sum carries
+    #: a noisy count (the divisor) inside the same mechanism; the sensitivity is sqrt(C^2 + a^2).
+    count_scale: float = 0.25
+    #: Distributed: the scale gamma = 2^scale_bits of the integer encoding; 0 = the largest the
+    #: masking fixed point and the wrap-around bound allow at each round.
+    scale_bits: int = 0
 
     def __post_init__(self) -> None:
         if not self.epsilon > 0:
@@ -361,6 +380,22 @@ class DPConfig:
             raise ConfigError(f"dp.optimizer must be one of {', '.join(DP_OPTIMIZERS)}, got {self.optimizer!r}")
         if not 0 <= self.lr < 100:
             raise ConfigError(f"dp.lr must be in [0, 100) (0: fcit.lr), got {self.lr}")
+        if self.mode not in DP_MODES:
+            raise ConfigError(f"dp.mode must be one of {', '.join(DP_MODES)}, got {self.mode!r}")
+        if not 0 < self.sample_rate <= 1:
+            raise ConfigError(f"dp.sample_rate must be in (0, 1], got {self.sample_rate}")
+        if not 0 < self.server_lr < 1000:
+            raise ConfigError(f"dp.server_lr must be in (0, 1000), got {self.server_lr}")
+        if self.server_optimizer not in ("sgd", "momentum"):
+            raise ConfigError(f"dp.server_optimizer must be 'sgd' or 'momentum', got {self.server_optimizer!r}")
+        if not 0 < self.count_scale <= self.max_grad_norm:
+            raise ConfigError(f"dp.count_scale must be in (0, dp.max_grad_norm = {self.max_grad_norm:g}], "
+                              f"got {self.count_scale}")
+        if not 0 <= self.scale_bits <= 30:
+            raise ConfigError(f"dp.scale_bits must be in 0..30 (0: automatic), got {self.scale_bits}")
+        if self.mode == "distributed" and self.accountant != "rdp":
+            raise ConfigError("dp.mode = 'distributed' is accounted with RDP (the Skellam mechanism has no PRV "
+                              f"analysis here); set dp.accountant = 'rdp', not {self.accountant!r}")
 
 
 @dataclass(frozen=True)
@@ -430,6 +465,9 @@ class Config:
     deploy: DeployConfig = field(default_factory=DeployConfig)
     seed: int = 0
 
+    def _check_distributed(self) -> None:
+        _distributed_checks(self)
+
     def __post_init__(self) -> None:
         # Settings that are fine alone but cannot work together are refused at load.
         sc, fc = self.scenario, self.fcit
@@ -464,6 +502,8 @@ class Config:
             except ConfigError as exc:
                 raise ConfigError(f"privacy (scenario.n_clients = {sc.n_clients}): {exc}") from None
         self.fcit.dko(self.privacy.aggregation)
+        if self.dp.enabled and self.dp.mode == "distributed":
+            self._check_distributed()
         units = 8 if sc.kind == "task" else 4
         units = min(units, sc.max_stages) if sc.max_stages else units
         if fc.strategy == "disco" and fc.max_slots < units:
@@ -471,6 +511,34 @@ class Config:
                 f"fcit.max_slots ({fc.max_slots}) is below the {units} {sc.kind} units of the "
                 f"{sc.setting}-{sc.kind} stream: more tasks than slots"
             )
+
+
+def _distributed_checks(cfg: Config) -> None:
+    dp, pv, sc = cfg.dp, cfg.privacy, cfg.scenario
+    if pv.aggregation != "masking":
+        raise ConfigError(
+            f"dp.mode = 'distributed' needs privacy.aggregation = 'masking', got {pv.aggregation!r}: the noise "
+            "is shared across the cohort, so only a secure sum keeps each client's share-noised input "
+            + ("from the coordinator (the plaintext aggregator shows each input with 1/(t - c) of the noise)"
+               if pv.aggregation == "plaintext" else "hidden (CKKS distributed DP is not built)"))
+    if cfg.fcit.strategy not in ("disco", "finetune"):
+        raise ConfigError(f"dp.mode = 'distributed' trains plain LoRA slots with one gradient step per round "
+                          f"(disco, finetune); fcit.strategy = {cfg.fcit.strategy!r} needs local training")
+    masking = pv.masking()
+    from .protocols.secagg import threshold
+
+    for n in range(pv.min_cohort, sc.clients_per_round + 1):
+        size = n if masking.degree == 0 else min(n, masking.degree + 1)
+        t, c = threshold(masking.threshold, size), min(masking.colluders, size - 1)
+        if t - c < 1:
+            raise ConfigError(f"dp.mode = 'distributed': a cohort of {n} has t = {t} with {c} colluder(s), so "
+                              "t - c < 1 honest shares would carry the noise; raise privacy.threshold")
+    fp = masking.check_cohort(sc.clients_per_round)
+    if dp.scale_bits and dp.scale_bits > fp.frac_bits:
+        raise ConfigError(
+            f"dp.scale_bits = {dp.scale_bits} exceeds the {fp.frac_bits} fractional bits the masking fixed point "
+            f"has for a cohort of {sc.clients_per_round} (privacy.bound {pv.bound:g}): the encoding would not be "
+            "exact; lower dp.scale_bits (or privacy.bound)")
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:

@@ -145,7 +145,7 @@ class FederationServer:
         self.layout = slot_layout(config, roster.n_stages)
         self.slots = build_slots(model, self.layout)
         self.encoder = load_encoder(config.fcit.encoder, self.model_dir)
-        self.organizer = build_organizer(config, self.encoder.dim, self.slots, self.layout)
+        self.organizer = build_organizer(config, self.encoder.dim, self.slots, self.layout, self.federation_id)
         self.coordinator = Coordinator(
             self.federation_id, roster.schedule(), factory, self.organizer, self.organizer.slot_size,
             config.fcit.rounds_per_stage, np.random.default_rng(config.seed), dp=config.dp.enabled,

@@ -40,7 +40,8 @@ from ..errors import PrivacyError
 
 __all__ = ["Mechanism", "PRVResult", "rdp_epsilon", "prv_epsilon", "prv_result", "epsilon",
            "derive_noise_multiplier", "PRV_EPS_ERROR", "PRV_MAX_L", "PRV_MAX_DOMAIN", "STREAM_PARTITION",
-           "entry_tasks", "task_histories"]
+           "entry_tasks", "task_histories", "task_releases", "SKELLAM_KIND", "skellam_release",
+           "task_epsilon"]
 
 Mechanism = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps)
 
@@ -66,6 +67,39 @@ def task_histories(entries: Sequence[dict]) -> dict[str, list[Mechanism]]:
             for task in entry_tasks(e):
                 out.setdefault(task, []).append((e["sigma"], e["q"], e["steps"]))
     return out
+
+#: The journal kind of a distributed-DP release (`dp.distributed`): one Skellam mechanism inside
+#: the secure sum, accounted by `dp.skellam` (RDP only; PRV has no Skellam analysis here).
+SKELLAM_KIND = "skellam"
+
+
+def skellam_release(entry: dict):
+    """The `skellam.SkellamRelease` a journal entry of `SKELLAM_KIND` records."""
+    from .skellam import SkellamRelease
+
+    return SkellamRelease(float(entry["mu"]), float(entry["l2"]), float(entry["l1"]), float(entry["q"]),
+                          int(entry["steps"]))
+
+
+def task_releases(entries: Sequence[dict]) -> dict[str, list]:
+    """Per task, the distributed-DP (Skellam) releases that touched its samples, in journal order."""
+    out: dict[str, list] = {}
+    for e in entries:
+        if e.get("kind") == SKELLAM_KIND:
+            for task in entry_tasks(e):
+                out.setdefault(task, []).append(skellam_release(e))
+    return out
+
+
+def task_epsilon(gaussian: Sequence[Mechanism], skellam: Sequence, delta: float) -> float:
+    """RDP epsilon of one task's history: `rdp_epsilon` (Opacus' orders) for DP-SGD alone; with any
+    Skellam release, both composed at `skellam.SKELLAM_ORDERS` (`skellam.mixed_epsilon`)."""
+    if not skellam:
+        return rdp_epsilon(gaussian, delta)
+    from .skellam import mixed_epsilon
+
+    return mixed_epsilon(list(gaussian), list(skellam), delta)
+
 
 #: The PRV accountant's epsilon error (Opacus' ``eps_error``); it returns the upper bound.
 PRV_EPS_ERROR = 0.05

@@ -13,16 +13,17 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..config import Config, DPConfig
 from ..crypto.prg import ChaCha20PRG
-from ..errors import JournalError, PrivacyError
+from ..errors import ConfigError, JournalError, PrivacyError
 from ..model.chat import EncodedSample
 from .accounting import STREAM_PARTITION
-from .ledger import PrivacyLedger, RoundPlan
-from .sgd import DPStepResult, dp_train_steps
+from .ledger import PrivacyLedger, ReleasePlan, RoundPlan
+from .sgd import DPStepResult, clipped_per_sample_grads, dp_train_steps
 
 __all__ = ["ClientPrivacy", "planned_rounds", "planned_by_task"]
 
@@ -59,8 +60,12 @@ class ClientPrivacy:
                  lr: float, planned_rounds: int | dict[str, int],
                  tasks: dict[int, tuple[str, ...]] | None = None,
                  noise_prg: Callable[[int, int], ChaCha20PRG] | None = None,
-                 signing_key: Ed25519PrivateKey | None = None) -> None:
+                 signing_key: Ed25519PrivateKey | None = None, public_rounds: int = 0) -> None:
         self.dp = dp
+        #: Distributed DP: the releases per task the public noise is sized for (same for every
+        #: client: `planned_rounds` of one stage unless ``dp.planned_rounds`` says otherwise).
+        self.public_rounds = public_rounds or (planned_rounds if isinstance(planned_rounds, int)
+                                               else max(planned_rounds.values(), default=1))
         self._noise_prg = noise_prg
         self.client_id = client_id
         self.batch_size, self.local_epochs, self.lr = batch_size, local_epochs, lr
@@ -73,6 +78,7 @@ class ClientPrivacy:
         except JournalError as exc:
             self.error = str(exc)
         self._plans: dict[tuple[int, int], RoundPlan] = {}
+        self.last_release: ReleasePlan | None = None
         self._released: set[int] = set()
 
     def close(self) -> None:
@@ -92,6 +98,8 @@ class ClientPrivacy:
         return None
 
     def refuse_reason(self, stage: int, round: int, n_samples: int) -> str | None:
+        if self.dp.mode == "distributed":  # the release is planned with the round's cohort and encoding
+            return self.journal_error()
         try:
             self._plans[(stage, round)] = self._plan(stage, round, n_samples)
         except PrivacyError as exc:
@@ -108,6 +116,75 @@ class ClientPrivacy:
                               optimizer=self.dp.optimizer,
                               extra_loss=extra_loss, grad_masks=grad_masks, collect_sq=collect_sq,
                               prg=None if self._noise_prg is None else self._noise_prg(stage, round))
+
+    # --- distributed DP -------------------------------------------------------------------------
+    def _encoding(self, dim: int, frac_bits: int):
+        from .distributed import DistributedEncoding
+
+        bits = self.dp.scale_bits or frac_bits
+        if bits > frac_bits:
+            raise PrivacyError(f"dp.scale_bits = {bits} exceeds the {frac_bits} fractional bits of this round's "
+                               "masking fixed point: the encoding would not be exact")
+        return DistributedEncoding(dim=dim, clip=self.dp.max_grad_norm, count_scale=self.dp.count_scale,
+                                   scale_bits=bits)
+
+    def plan_distributed(self, stage: int, round: int, n_samples: int, *, dim: int, cohort_size: int, t: int,
+                         colluders: int, frac_bits: int, bound: float):
+        """(encoding, release plan, per-client share variance) of a distributed-DP round.
+
+        Everything that sizes the noise is public, so every cohort member adds the same share: the
+        scale 2^s (``dp.scale_bits``, or the fractional bits of the round's masking fixed point, a
+        function of the cohort size and ``privacy.bound``) and the variance mu, derived from the
+        config alone (`public_rounds` releases spend the budget from a fresh ledger). This client's
+        own ledger then checks its actual history: over the cap, `BudgetExhausted`. An encoding that
+        could leave ``privacy.bound`` (`distributed.wrap_check`): `PrivacyError` with the numbers."""
+        from .distributed import client_budget, share_variance, wrap_check
+
+        if self.ledger is None:
+            raise JournalError(self.journal_error())
+        enc = self._encoding(dim, frac_bits)
+        l2, l1 = enc.sensitivity()
+        plan = self.ledger.plan_release(stage, round, n_samples, l2, l1, self.dp.sample_rate, self.public_rounds,
+                                        self.tasks.get(stage) or (STREAM_PARTITION,), public=True)
+        share = share_variance(plan.mu, cohort_size, t, colluders)
+        try:
+            wrap_check(enc, n_samples, share, client_budget(bound, enc.scale_bits))
+        except ConfigError as exc:
+            raise PrivacyError(f"distributed DP: {exc}") from None
+        return enc, plan, share
+
+    def distributed_contribution(self, model: torch.nn.Module, params: Sequence[torch.nn.Parameter],
+                                 samples: Sequence[EncodedSample], stage: int, round: int, pad_id: int, *,
+                                 position: int, n_active: int, cohort_size: int, t: int, colluders: int,
+                                 frac_bits: int, bound: float, rotation_seed: bytes) -> np.ndarray:
+        """This client's input to a distributed-DP update sum (layout: `protocols.layout`): the
+        integer encoding of its per-sample clipped gradients over a Poisson sample (rate
+        ``dp.sample_rate``) of the stage's data in block ``position``, a Skellam share of variance
+        mu / (t - c) in every block, divided by 2^scale_bits; the release is journaled first."""
+        from ..protocols.layout import distributed_vector_length
+        from .distributed import encode_samples, noise_share, rotation_signs
+        from .skellam import SkellamSampler
+
+        dim = sum(p.numel() for p in params)
+        enc, plan, share = self.plan_distributed(stage, round, len(samples), dim=dim, cohort_size=cohort_size,
+                                                 t=t, colluders=colluders, frac_bits=frac_bits, bound=bound)
+        self.ledger.charge_release(plan, share_variance=share, cohort=cohort_size, t=t, colluders=colluders,
+                                   scale_bits=enc.scale_bits)  # journaled and fsynced before any gradient
+        self.last_release = plan
+        prg = ChaCha20PRG() if self._noise_prg is None else self._noise_prg(stage, round)
+        chosen = np.flatnonzero(prg.uniform(len(samples)) < plan.q)
+        grads, _ = clipped_per_sample_grads(model, params, [samples[i] for i in chosen],
+                                            max_grad_norm=self.dp.max_grad_norm, pad_id=pad_id)
+        z = encode_samples(enc, grads, rotation_signs(rotation_seed, enc.padded), prg)
+        sampler = SkellamSampler()
+        out = np.zeros(distributed_vector_length(n_active, enc.padded), dtype=np.float64)
+        for j in range(n_active):
+            block = noise_share(share, enc.padded, sampler)
+            if j == position:
+                block = block + z
+            out[j * enc.padded : (j + 1) * enc.padded] = block.astype(np.float64) / enc.gamma
+        out[n_active * enc.padded + position] = 1.0
+        return out
 
     def record_token_release(self, stage: int, n_samples: int) -> None:
         """The identity token (n_k * mean embedding of the stage's instructions) and n_k leave

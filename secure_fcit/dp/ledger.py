@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import builtins
 import fcntl
+import functools
 import json
 import math
 import os
@@ -36,17 +37,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..config import DPConfig
 from ..errors import BudgetExhausted, JournalError, PrivacyError
 from .accounting import (
+    SKELLAM_KIND,
     STREAM_PARTITION,
     Mechanism,
     derive_noise_multiplier,
     epsilon,
     prv_epsilon,
-    rdp_epsilon,
+    task_epsilon,
     task_histories,
+    task_releases,
 )
 from .journal import SpendJournal, atomic_write_json, check_anchor, public_hex
 
-__all__ = ["RoundPlan", "PrivacyLedger", "LedgerRoster", "client_dir", "read_roster", "check_roster_record",
+__all__ = ["RoundPlan", "ReleasePlan", "PrivacyLedger", "LedgerRoster", "client_dir", "read_roster", "check_roster_record",
            "ROSTER_NAME", "LOCK_NAME"]
 
 ROSTER_NAME = "ledger-roster.json"
@@ -67,6 +70,28 @@ class RoundPlan:
     eps_after: float
     #: The tasks (partitions of the client's data) the round's samples belong to: each is charged.
     tasks: tuple[str, ...] = (STREAM_PARTITION,)
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    """What one distributed-DP round will spend (`dp.distributed`): one Skellam release of total
+    per-coordinate variance ``mu`` (integer units; what any ``t - c`` honest survivors' shares carry)
+    with per-sample sensitivities ``l2``/``l1``, on a Poisson sample at rate ``q``."""
+
+    stage: int
+    round: int
+    mu: float
+    l2: float
+    l1: float
+    q: float
+    max_grad_norm: float
+    eps_after: float
+    tasks: tuple[str, ...] = (STREAM_PARTITION,)
+
+    @property
+    def sigma(self) -> float:
+        """The noise multiplier of a Gaussian of the same variance: sqrt(mu) / l2."""
+        return math.sqrt(self.mu) / self.l2
 
 
 def client_dir(root: Path, client_id: str) -> Path:
@@ -231,9 +256,10 @@ class PrivacyLedger:
 
     def spent(self) -> dict[str, float]:
         """The client's epsilon: the maximum over its tasks (parallel composition), RDP and PRV."""
-        hs = list(self.task_histories().values()) or [[]]
-        return {"rdp": max(rdp_epsilon(h, self.dp.delta) for h in hs),
-                "prv": _max_prv([prv_epsilon(h, self.dp.delta) for h in hs])}
+        gauss, skel = self.task_histories(), task_releases(self.journal.entries)
+        tasks = sorted(set(gauss) | set(skel)) or [STREAM_PARTITION]
+        return {"rdp": max(task_epsilon(gauss.get(t, []), skel.get(t, []), self.dp.delta) for t in tasks),
+                "prv": math.nan if skel else _max_prv([prv_epsilon(gauss.get(t, []), self.dp.delta) for t in tasks])}
 
     # --- planning and charging -----------------------------------------------------------------
     def plan(self, stage: int, round: int, n_samples: int, batch_size: int, local_epochs: float,
@@ -289,8 +315,10 @@ class PrivacyLedger:
         histories = self.task_histories()
         for task in plan.tasks:
             histories[task] = [*histories.get(task, []), (plan.sigma, plan.q, plan.steps)]
-        eps_rdp = max(rdp_epsilon(h, self.dp.delta) for h in histories.values())
-        eps_prv = _max_prv([prv_epsilon(h, self.dp.delta) for h in histories.values()])
+        skel = task_releases(self.journal.entries)
+        tasks = set(histories) | set(skel)
+        eps_rdp = max(task_epsilon(histories.get(t, []), skel.get(t, []), self.dp.delta) for t in tasks)
+        eps_prv = math.nan if skel else _max_prv([prv_epsilon(h, self.dp.delta) for h in histories.values()])
         # PRV unavailable (NaN: noise too small for it, see accounting.prv_result): RDP enforces the cap.
         capped = eps_rdp if self.dp.accountant == "rdp" or math.isnan(eps_prv) else eps_prv
         if capped > self.dp.epsilon:
@@ -304,10 +332,84 @@ class PrivacyLedger:
         })
         return entry
 
+    def plan_release(self, stage: int, round: int, n_samples: int, l2: float, l1: float, q: float,
+                     planned_rounds: int | dict[str, int],
+                     tasks: tuple[str, ...] = (STREAM_PARTITION,), public: bool = False) -> ReleasePlan:
+        """A distributed-DP round's Skellam variance ``mu``: per task, the smallest that lets the
+        task's remaining planned releases fit the budget (``dp.noise_multiplier`` fixed: mu =
+        (sigma l2)^2); the largest over the round's tasks. ``public``: from a fresh history and
+        ``planned_rounds`` (an int) alone, so every client derives the same mu; the client's own
+        history is still checked against the cap. `BudgetExhausted` with the numbers."""
+        from .skellam import SkellamRelease, derive_skellam_variance, mixed_epsilon
+
+        dp = self.dp
+        tasks = tuple(dict.fromkeys(tasks)) or (STREAM_PARTITION,)
+        if n_samples < 1:
+            raise PrivacyError("no samples to train on")
+        if dp.delta >= 1.0 / n_samples:
+            raise PrivacyError(f"dp.delta = {dp.delta:g} is not < 1/|D_k| = 1/{n_samples} for this client's "
+                               "stage data: the guarantee would allow releasing a whole sample")
+        gauss, skel = self.task_histories(), task_releases(self.journal.entries)
+        if dp.noise_multiplier is not None:
+            mu = (float(dp.noise_multiplier) * l2) ** 2
+        elif public:
+            derived = _public_variance(l2, l1, q, int(planned_rounds), dp.epsilon, dp.delta)
+            if derived is None:
+                raise BudgetExhausted(self._release_exhausted(tasks[0], q))
+            mu = derived
+        else:
+            mu = 0.0
+            for task in tasks:
+                planned = planned_rounds[task] if isinstance(planned_rounds, dict) else planned_rounds
+                left = max(1, planned - len(skel.get(task, [])) - len(gauss.get(task, [])))
+                derived = derive_skellam_variance(skel.get(task, []), l2=l2, l1=l1, q=q, steps=left,
+                                                  target_epsilon=dp.epsilon, delta=dp.delta,
+                                                  gaussian=gauss.get(task, []))
+                if derived is None:
+                    raise BudgetExhausted(self._release_exhausted(task, q))
+                mu = max(mu, derived)
+        release = SkellamRelease(mu, l2, l1, q, 1)
+        after = max(mixed_epsilon(gauss.get(t, []), [*skel.get(t, []), release], dp.delta) for t in tasks)
+        if after > dp.epsilon:
+            raise BudgetExhausted(self._release_exhausted(tasks[0], q, after))
+        return ReleasePlan(stage, round, mu, l2, l1, q, dp.max_grad_norm, after, tasks)
+
+    def _release_exhausted(self, task: str, q: float, after: float | None = None) -> str:
+        gauss, skel = self.task_histories(), task_releases(self.journal.entries)
+        now = task_epsilon(gauss.get(task, []), skel.get(task, []), self.dp.delta)
+        what = (f"it would bring epsilon to {after:.3f}" if after is not None
+                else "no noise up to a Gaussian-equivalent sigma of 100 keeps it in budget")
+        return (f"privacy budget: RDP epsilon spent on task {task!r} {now:.3f} of {self.dp.epsilon:g} "
+                f"(delta {self.dp.delta:g}); a distributed-DP release at q={q:.4g}: {what}")
+
+    def charge_release(self, plan: ReleasePlan, **detail: Any) -> dict[str, Any]:
+        """Journal a distributed-DP release (fsynced) before the contribution is computed."""
+        from .skellam import SkellamRelease
+
+        gauss, skel = self.task_histories(), task_releases(self.journal.entries)
+        for task in plan.tasks:
+            skel[task] = [*skel.get(task, []), SkellamRelease(plan.mu, plan.l2, plan.l1, plan.q, 1)]
+        eps_rdp = max(task_epsilon(gauss.get(t, []), skel.get(t, []), self.dp.delta) for t in set(gauss) | set(skel))
+        if eps_rdp > self.dp.epsilon:
+            raise BudgetExhausted(self._release_exhausted(plan.tasks[0], plan.q, eps_rdp))
+        return self._append({
+            "time": _now(), "stage": plan.stage, "round": plan.round, "kind": SKELLAM_KIND,
+            "mu": plan.mu, "l2": plan.l2, "l1": plan.l1, "q": plan.q, "steps": 1, "C": plan.max_grad_norm,
+            "sigma": plan.sigma, "delta": self.dp.delta, "accountant": "rdp", "epsilon_max": self.dp.epsilon,
+            "tasks": list(plan.tasks), "eps_rdp": _finite(eps_rdp), "eps_prv": "unavailable", **detail,
+        })
+
     def record_release(self, stage: int, round: int, what: str, **detail: Any) -> dict[str, Any]:
         """Journal a release of something derived from the client's data that DP does not cover."""
         return self._append({"time": _now(), "stage": stage, "round": round, "kind": "release",
                              "what": what, "dp": False, **detail})
+
+
+@functools.lru_cache(maxsize=256)
+def _public_variance(l2: float, l1: float, q: float, rounds: int, epsilon: float, delta: float) -> float | None:
+    from .skellam import derive_skellam_variance
+
+    return derive_skellam_variance([], l2=l2, l1=l1, q=q, steps=max(1, rounds), target_epsilon=epsilon, delta=delta)
 
 
 def _max_prv(values: list[float]) -> float:

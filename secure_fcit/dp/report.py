@@ -32,7 +32,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import JournalError, PrivacyError
-from .accounting import PRV_EPS_ERROR, entry_tasks, prv_result, rdp_epsilon
+from .accounting import PRV_EPS_ERROR, SKELLAM_KIND, entry_tasks, prv_result, skellam_release, task_epsilon
 from .journal import check_anchor, is_signed, read_journal
 from .ledger import ROSTER_NAME, check_roster_record, read_roster
 
@@ -144,10 +144,12 @@ def _failed_report(path: Path, client: str, status: str) -> dict[str, Any]:
 def _client_report(path: Path, entries: list[dict[str, Any]], status: str,
                    progress_cb: Callable[[], None] | None = None) -> dict[str, Any]:
     client = entries[0]["client"] if entries else path.parent.name
-    dp = [e for e in entries if e["kind"] == "dp-sgd"]
+    dp = [e for e in entries if e["kind"] in ("dp-sgd", SKELLAM_KIND)]
     # Per-task accounting: one history per task; after each entry the client's epsilon is the
     # maximum over its tasks (accounting.task_histories; an entry without tasks: one stream).
+    # Distributed-DP entries are Skellam releases (accounting.task_releases), RDP only.
     histories: dict[str, list[tuple[float, float, int]]] = {}
+    releases: dict[str, list] = {}
     rdp_by_task: dict[str, float] = {}
     rounds, mismatches = [], []
     delta = dp[0]["delta"] if dp else None
@@ -155,21 +157,27 @@ def _client_report(path: Path, entries: list[dict[str, Any]], status: str,
         if e["delta"] != delta:
             mismatches.append(f"entry {e['seq']}: delta changed from {delta} to {e['delta']}")
         for task in entry_tasks(e):
-            histories.setdefault(task, []).append((e["sigma"], e["q"], e["steps"]))
-            rdp_by_task[task] = rdp_epsilon(histories[task], delta)
+            if e["kind"] == SKELLAM_KIND:
+                releases.setdefault(task, []).append(skellam_release(e))
+            else:
+                histories.setdefault(task, []).append((e["sigma"], e["q"], e["steps"]))
+            rdp_by_task[task] = task_epsilon(histories.get(task, []), releases.get(task, []), delta)
         eps = max(rdp_by_task.values())
         journaled = e["eps_rdp"]
         if isinstance(journaled, str) or abs(journaled - eps) > MISMATCH_TOLERANCE * max(1.0, eps):
             mismatches.append(f"entry {e['seq']}: journal says eps_rdp {journaled}, recomputed {eps:.9g}")
         rounds.append({"seq": e["seq"], "stage": e["stage"], "round": e["round"], "time": e["time"],
                        "sigma": e["sigma"], "C": e["C"], "q": e["q"], "steps": e["steps"], "eps_rdp": eps,
-                       "tasks": list(entry_tasks(e))})
+                       "tasks": list(entry_tasks(e)), "mechanism": "skellam" if e["kind"] == SKELLAM_KIND
+                       else "gaussian"})
         if progress_cb:
             progress_cb()
     # PRV per task; None with a reason where the PRV accountant cannot account one of them
     # (bounded cost, never raises: accounting.prv_result), and RDP then stands for the cap.
     eps_prv, prv_reason = (0.0, None) if not histories else (None, None)
-    if histories:
+    if releases:
+        eps_prv, prv_reason = None, "distributed-DP (Skellam) releases: the PRV accountant has no Skellam analysis"
+    elif histories:
         results = [prv_result(h, delta) for h in histories.values()]
         missing = [r.reason for r in results if r.epsilon is None]
         eps_prv, prv_reason = (None, missing[0]) if missing else (max(r.epsilon for r in results), None)
@@ -226,7 +234,7 @@ def audit(state: Path, progress: bool = True, certs: Path | None = None) -> dict
                  if certs is not None else {})
     verified = [(j, client or (j.parent.name), *_verify(j, client, record, roster, cert_keys.get(client)))
                 for j, (client, record, roster) in targets.items()]
-    total = sum(1 for _, _, entries, _ in verified for e in entries if e["kind"] == "dp-sgd")
+    total = sum(1 for _, _, entries, _ in verified for e in entries if e["kind"] in ("dp-sgd", SKELLAM_KIND))
     bar = tqdm(total=total, desc="recomputing epsilon", unit="entry", disable=not progress, leave=False)
     clients = [_failed_report(j, client, status) if status.startswith("FAILED") else
                _client_report(j, entries, status, lambda: bar.update(1)) for j, client, entries, status in verified]

@@ -38,7 +38,8 @@ from ..errors import PrivacyError
 from ..model.chat import EncodedSample, collate_train, model_device, per_sequence_loss
 from ..model.train import warmup_linear_decay
 
-__all__ = ["ChaChaDPOptimizer", "DPStepResult", "check_grad_sample", "dp_train_steps", "poisson_batches"]
+__all__ = ["ChaChaDPOptimizer", "DPStepResult", "check_grad_sample", "clipped_per_sample_grads", "dp_train_steps",
+           "poisson_batches"]
 
 
 class ChaChaDPOptimizer(DPOptimizer):
@@ -192,3 +193,64 @@ def dp_train_steps(
             p.grad = None
         model.eval()
     return DPStepResult(losses, sizes, seconds, sq)
+
+
+def clipped_per_sample_grads(
+    model: torch.nn.Module,
+    params: Sequence[torch.nn.Parameter],
+    samples: Sequence[EncodedSample],
+    *,
+    max_grad_norm: float,
+    pad_id: int,
+    chunk: int = 16,
+) -> tuple[torch.Tensor, list[float]]:
+    """The per-sample gradients of ``params`` (the only trainable parameters) for ``samples``,
+    each flattened in ``params`` order and clipped to L2 norm <= ``max_grad_norm``: shape (B, p),
+    float64. Distributed DP (`dp.distributed`) encodes them; nothing here is released. Opacus'
+    ``GradSampleModule`` computes them, in chunks of ``chunk`` samples, each checked against
+    autograd (`check_grad_sample`) before clipping. Returns the gradients and the chunks' losses."""
+    params = list(params)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if {id(p) for p in trainable} != {id(p) for p in params}:
+        raise PrivacyError("distributed DP must train exactly the slot's parameters; others are trainable too")
+    if not max_grad_norm > 0:
+        raise PrivacyError(f"the clip norm must be > 0, got {max_grad_norm}")
+    dim = sum(p.numel() for p in params)
+    if not samples:
+        return torch.zeros((0, dim), dtype=torch.float64), []
+    names_by_id = {id(p): n for n, p in model.named_parameters()}
+    names = [names_by_id.get(id(p), f"parameter {i}") for i, p in enumerate(params)]
+    device = model_device(model)
+    gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
+    out, losses = [], []
+    model.train()
+    try:
+        for lo in range(0, len(samples), chunk):
+            batch = collate_train(list(samples[lo : lo + chunk]), pad_id).to(device)
+            per_seq = per_sequence_loss(gsm(**batch.model_inputs()).logits, batch.labels)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                per_seq.sum().backward()
+            check_grad_sample(params, names)
+            parts = []
+            for p in params:
+                gs = p.grad_sample
+                if isinstance(gs, list):
+                    gs = torch.stack(gs).sum(0)
+                parts.append(gs.detach().reshape(gs.shape[0], -1).to(torch.float64).cpu())
+            g = torch.cat(parts, dim=1)
+            norms = g.norm(dim=1, keepdim=True)
+            out.append(g * torch.clamp(max_grad_norm / (norms + 1e-12), max=1.0))
+            losses.append(float(per_seq.mean().detach()))
+            for p in params:
+                p.grad_sample = None
+                p.grad = None
+    finally:
+        gsm._close()
+        for p in params:
+            for attr in ("grad_sample", "summed_grad", "_processed"):
+                if hasattr(p, attr):
+                    delattr(p, attr)
+            p.grad = None
+        model.eval()
+    return torch.cat(out), losses

@@ -49,6 +49,31 @@ def _int_at_least(name: str, value: object, minimum: int) -> int:
     return int(value)
 
 
+@dataclass
+class DistributedStep:
+    """The coordinator's side of distributed DP (``dp.mode = "distributed"``): how to decode a
+    round's sum and the step it takes. All public: the encoding's dimensions and count weight, the
+    trained coordinates of a slot vector (all, or lora_B with FFA-LoRA), and the server optimizer.
+    The step is post-processing of the noisy sum: w -= lr * (noisy gradient sum / noisy count)."""
+
+    federation_id: str
+    #: positions in a slot vector of the trained coordinates, in encoding order
+    trainable_index: np.ndarray
+    count_scale: float
+    server_lr: float
+    momentum: float = 0.0
+    #: the noisy count is floored here before it divides (it can come out tiny or negative)
+    min_count: float = 1.0
+
+    @property
+    def dim(self) -> int:
+        return int(self.trainable_index.size)
+
+    @property
+    def padded(self) -> int:
+        return 1 << int(self.dim).bit_length()  # smallest power of two >= dim + 1
+
+
 @dataclass(frozen=True)
 class DKOConfig:
     """DKO parameters; ``n_buckets`` (a power of two) trades sum length for fewer SimHash collisions."""
@@ -130,6 +155,9 @@ class DKOOrganizer:
         self._stage = -1
         self._active: tuple[int, ...] = ()
         self._releases: list[Release] = []
+        #: Distributed DP: set by `use_distributed`; ``apply`` then decodes noisy gradient sums.
+        self.distributed: DistributedStep | None = None
+        self._velocity: dict[int, np.ndarray] = {}
 
     # ----------------------------------------------------------------- read-only views
     @property
@@ -264,6 +292,62 @@ class DKOOrganizer:
         sums, samples, clients = split_token_sum(aggregate.vector, n_blocks, self._dim)
         return sums, samples, _client_counts(clients, samples, aggregate.n_contributors, "token")
 
+    def update_length(self, n_active: int) -> int:
+        """The update sum's length: ``n_active * (slot_size + 2)``, or with distributed DP
+        ``n_active * (P + 1)`` (`protocols.layout`)."""
+        from ..protocols.layout import distributed_vector_length
+
+        if self.distributed is not None:
+            return distributed_vector_length(n_active, self.distributed.padded)
+        return n_active * (self._slot_size + 2)
+
+    def use_distributed(self, step: DistributedStep) -> None:
+        if step.trainable_index.size < 1 or int(step.trainable_index.max()) >= self._slot_size:
+            raise ConfigError(f"distributed DP: {step.trainable_index.size} trained coordinates do not fit a slot "
+                              f"of {self._slot_size}")
+        self.distributed = step
+
+    def _apply_distributed(self, stage: int, round: int, aggregate: Aggregate, dp: bool) -> RoundOutcome:
+        """Decode each active slot's noisy encoded sum (`dp.distributed.decode_sum` with the round's
+        public rotation) and take the server step; the noise came with the sum (nothing added here)."""
+        import torch
+
+        from ..dp.distributed import rotation_signs, unrotate
+        from ..protocols.layout import distributed_vector_length, rotation_seed, split_distributed_sum
+
+        step = self.distributed
+        n_active = len(self._active)
+        _require_aggregate(aggregate, "update", stage, round, distributed_vector_length(n_active, step.padded))
+        blocks, clients = split_distributed_sum(aggregate.vector, n_active, step.padded)
+        counts = np.rint(clients)
+        if (counts < 0).any() or counts.sum() != aggregate.n_contributors:
+            raise LocalProtocolError(f"update sum: client counts {counts.tolist()} do not add up to the "
+                                     f"{aggregate.n_contributors} contributors", stage=_STAGE)
+        rid = aggregate.round_id
+        applied, withheld, per_slot = [], [], {}
+        for j, slot in enumerate(self._active):
+            if counts[j] == 0:
+                continue
+            per_slot[slot] = int(counts[j])
+            release = self._release(stage, round, "update", slot, int(counts[j]), dp)
+            if release is not None:
+                self._releases.append(release)
+                if not release.applied:
+                    withheld.append(slot)
+                    continue
+            signs = rotation_signs(rotation_seed(step.federation_id, stage, round, rid.attempt, j), step.padded)
+            y = unrotate(torch.from_numpy(np.ascontiguousarray(blocks[j], dtype=np.float64)), signs).numpy()
+            mean = y[: step.dim] / max(float(y[step.dim]) / step.count_scale, step.min_count)
+            if step.momentum:
+                v = self._velocity.get(slot, np.zeros(step.dim)) * step.momentum + mean
+                self._velocity[slot] = v
+                mean = v
+            w = self._weights[slot].astype(np.float64)
+            w[step.trainable_index] -= step.server_lr * mean
+            self._weights[slot] = w.astype(np.float32)
+            applied.append(slot)
+        return RoundOutcome(applied=tuple(applied), withheld=tuple(withheld), clients=per_slot)
+
     # ----------------------------------------------------------------- rounds
     def apply(self, stage: int, round: int, aggregate: Aggregate, *, dp: bool = False) -> RoundOutcome:
         """FedAvg the round's per-slot mean deltas into the active slots (see module docstring)."""
@@ -276,7 +360,9 @@ class DKOOrganizer:
         n_active = len(self._active)
         if not n_active:
             raise LocalProtocolError(f"stage {stage} has no active slot to update", stage=_STAGE)
-        length = n_active * (self._slot_size + 2)
+        if self.distributed is not None:
+            return self._apply_distributed(stage, round, aggregate, dp)
+        length = self.update_length(n_active)
         _require_aggregate(aggregate, "update", stage, round, length)
         sums, samples, clients = split_update_sum(aggregate.vector, n_active, self._slot_size)
         counts = _client_counts(clients, samples, aggregate.n_contributors, "update")
@@ -308,6 +394,7 @@ class DKOOrganizer:
             "stage": self._stage,
             "active": list(self._active),
             "releases": [asdict(r) for r in self._releases],
+            "velocity": {str(k): v.copy() for k, v in self._velocity.items()},
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
@@ -334,6 +421,7 @@ class DKOOrganizer:
             raise ConfigError("DKO snapshot does not match this organizer's dim, slot_size or config")
         self._tokens, self._counts, self._weights = tokens, counts, weights
         self._stage, self._active, self._releases = stage, active, copy.deepcopy(releases)
+        self._velocity = {int(k): np.array(v, dtype=np.float64) for k, v in snapshot.get("velocity", {}).items()}
 
     # ----------------------------------------------------------------- helpers
     def _release(

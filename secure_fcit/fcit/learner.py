@@ -65,6 +65,20 @@ class SlotLearner:
         is charged to the ledger again: only then may a retried round get a second, fresh update."""
         return self.privacy is not None
 
+    @property
+    def distributed(self) -> bool:
+        """Whether this learner's rounds are distributed-DP releases (``dp.mode = "distributed"``):
+        the worker then asks `distributed_contribution` for the whole vector instead of a delta."""
+        return self.privacy is not None and self.privacy.dp.mode == "distributed"
+
+    def distributed_contribution(self, stage: int, round: int, slot: int, weights: np.ndarray, **round_info):
+        """The slot's per-sample clipped gradients at the global ``weights``, encoded with a noise
+        share (`dp.client.ClientPrivacy.distributed_contribution`); nothing is trained here."""
+        self.slots.load_slot(slot, np.asarray(weights, dtype=np.float32))
+        with self.slots.training(slot, freeze_a=self.freeze_a) as params:
+            return self.privacy.distributed_contribution(self.slots.model, params, list(self.samples[stage]),
+                                                         stage, round, self.pad_id, **round_info)
+
     def identity_token(self, stage: int) -> np.ndarray:
         if self.privacy is not None:  # journaled before the worker can upload it
             self.privacy.record_token_release(stage, self.num_samples(stage))

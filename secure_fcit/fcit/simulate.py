@@ -37,7 +37,7 @@ from ..model.train import TrainSpec
 from ..protocols import Coordinator, Worker, run_federation
 from ..protocols.factory import build_aggregation
 from ..protocols.interfaces import ScenarioSchedule
-from .dko import DKOOrganizer
+from .dko import DistributedStep, DKOOrganizer
 from .learner import EWCLearner, FedProxLearner, OLoRALearner, SlotLearner
 from .metrics import summarize
 from .organizers import EWC_PARTS, EWCOrganizer, SharedSlotOrganizer
@@ -129,7 +129,21 @@ def build_slots(model: torch.nn.Module, layout: dict[str, Any]) -> SlotLoRA:
                     max_slots=layout["max_slots"])
 
 
-def build_organizer(config: Config, dim: int, slots: SlotLoRA, layout: dict[str, Any]):
+def build_organizer(config: Config, dim: int, slots: SlotLoRA, layout: dict[str, Any], federation_id: str = ""):
+    """The strategy's organizer; under distributed DP it decodes noisy gradient sums of the
+    federation ``federation_id`` (their rotations are seeded by it) and takes the server step."""
+    organizer = _organizer(config, dim, slots, layout)
+    dp = config.dp
+    if dp.enabled and dp.mode == "distributed":
+        if not federation_id:
+            raise ConfigError("distributed DP needs the federation id (it seeds the public rotations)")
+        organizer.use_distributed(DistributedStep(
+            federation_id, slots.trainable_index(config.fcit.freeze_lora_a), dp.count_scale, dp.server_lr,
+            momentum=0.9 if dp.server_optimizer == "momentum" else 0.0))
+    return organizer
+
+
+def _organizer(config: Config, dim: int, slots: SlotLoRA, layout: dict[str, Any]):
     fc = config.fcit
     dko = replace(fc.dko(config.privacy.aggregation), max_slots=layout["max_slots"])
     p, parts = slots.slot_size, layout["parts"]
@@ -165,7 +179,8 @@ def build_learner(config: Config, client_id: str, slots: SlotLoRA, encoder, samp
                                       local_epochs=fc.local_epochs, lr=fc.lr, planned_rounds=planned,
                                       tasks=tasks if config.dp.per_task else None,
                                       noise_prg=None if noise_prg is None else functools.partial(noise_prg, client_id),
-                                      signing_key=ledger_key)
+                                      signing_key=ledger_key,
+                                      public_rounds=config.dp.planned_rounds or planned_rounds(config, 1))
     if fc.strategy == "fedprox":
         return FedProxLearner(*args, mu=fc.fedprox_mu, **kw)
     if fc.strategy == "ewc":
@@ -274,9 +289,14 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
     layout = slot_layout(config, n_stages)
     slots = build_slots(model, layout)
     encoder = load_encoder(fc.encoder, ws.model_dir)
-    organizer = build_organizer(config, encoder.dim, slots, layout)
-    learners = _learners(config, ws, scenario, slots, encoder, privacy_dir, noise_prg)
     fed_id = f"sim-{sc.setting}-{sc.kind}-{fc.strategy}"
+    organizer = build_organizer(config, encoder.dim, slots, layout, fed_id)
+    learners = _learners(config, ws, scenario, slots, encoder, privacy_dir, noise_prg)
+    if config.dp.enabled and config.dp.mode == "distributed":  # refused before any round: wrap, shares
+        from ..dp.distributed import check_encoding
+
+        check_encoding(config, int(organizer.distributed.dim),
+                       max((len(s) for lr in learners.values() for s in lr.samples.values()), default=1))
     coordinator, workers, aggregation = in_memory_federation(
         config, fed_id, scenario, organizer, learners,
         decryption_log=decryption_log or (None if privacy_dir is None else privacy_dir / "decryptions.jsonl"),

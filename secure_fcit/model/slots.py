@@ -96,6 +96,18 @@ class SlotLoRA:
     def slot_vector(self, index: int) -> np.ndarray:
         return torch.cat([p.detach().reshape(-1) for p in self._params(index)]).float().cpu().numpy().copy()
 
+    def trainable_index(self, freeze_a: bool = False) -> np.ndarray:
+        """Positions in a slot vector of the parameters `training` yields (all, or with
+        ``freeze_a`` the lora_B weights only), in the order they are flattened there."""
+        index = self._slots[0] if self._slots else 0
+        self.ensure_slot(index)
+        out, offset = [], 0
+        for name, p in zip(self._names[index], self._params(index), strict=True):
+            if not freeze_a or ".lora_B." in name:
+                out.append(np.arange(offset, offset + p.numel()))
+            offset += p.numel()
+        return np.concatenate(out)
+
     def load_slot(self, index: int, vector: np.ndarray) -> None:
         self.ensure_slot(index)
         vec = torch.as_tensor(np.asarray(vector, dtype=np.float32))

@@ -39,7 +39,6 @@ from secure_fcit.protocols.layout import (
     split_token_sum,
     split_update_sum,
     token_vector_length,
-    update_vector_length,
 )
 from secure_fcit.protocols.messages import (
     COORDINATOR_ID,
@@ -310,7 +309,7 @@ class Coordinator:
             weights=weights,
             aggregation=self._aggregator_kind,
         )
-        out = self._begin_phase(self._round, cohort, update_vector_length(len(self._active), self.slot_size),
+        out = self._begin_phase(self._round, cohort, self.organizer.update_length(len(self._active)),
                                 state_digest(self._broadcast_tokens(), start))
         self._transition("start-round")
         self._log("round-start", cohort=list(cohort))

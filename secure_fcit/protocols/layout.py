@@ -13,6 +13,13 @@ round's active slots: ``[n_k * delta_k in block j of n_active blocks of p | n_k 
 1 at j of n_active]``. The sum gives, per active slot, sum(n_k * delta_k), sum(n_k) and the number
 of clients.
 
+Distributed-DP update round (``dp.mode = "distributed"``, length ``n_active * (P + 1)``, P the
+encoding's padded length): ``[z in block j of n_active blocks of P, a noise share in every block |
+1 at j of n_active]``, where z is the integer encoding of the worker's per-sample clipped gradient
+sum and noisy count (`dp.distributed`), sent divided by 2^scale_bits. The sum gives, per active
+slot, the cohort's noisy encoded sum and the number of clients; the rotation of block j is drawn
+from the public `rotation_seed` of the round.
+
 SimHash hyperplanes come from a public 32-byte seed (they are not secret, so numpy's generator is
 fine here); both sides run this code, so they draw the same planes.
 """
@@ -37,6 +44,9 @@ __all__ = [
     "token_vector",
     "split_token_sum",
     "update_vector_length",
+    "distributed_vector_length",
+    "split_distributed_sum",
+    "rotation_seed",
     "update_vector",
     "split_update_sum",
     "cosine",
@@ -142,6 +152,23 @@ def split_update_sum(
     body = n_active * slot_size
     sums = vector[:body].reshape(n_active, slot_size)
     return sums, vector[body : body + n_active], vector[body + n_active : body + 2 * n_active]
+
+
+def distributed_vector_length(n_active: int, padded: int) -> int:
+    return n_active * (padded + 1)
+
+
+def split_distributed_sum(vector: np.ndarray, n_active: int, padded: int) -> tuple[np.ndarray, np.ndarray]:
+    """(per-slot encoded sums (A, P), client counts (A,)) of a distributed-DP update sum."""
+    body = n_active * padded
+    return vector[:body].reshape(n_active, padded), vector[body : body + n_active]
+
+
+def rotation_seed(federation_id: str, stage: int, round: int, attempt: int, position: int) -> bytes:
+    """The public seed of block ``position``'s random rotation in a distributed-DP update sum: fixed
+    by the round, so workers and the coordinator draw the same signs and nobody picks them."""
+    return hashlib.sha256(
+        f"secure-fcit/rotation/v1|{federation_id}|{stage}|{round}|{attempt}|{position}".encode()).digest()
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

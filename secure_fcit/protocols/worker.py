@@ -32,7 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from secure_fcit.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from secure_fcit.errors import (
+    JournalError,
+    LocalProtocolError,
+    PrivacyError,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from secure_fcit.protocols import states as S
 from secure_fcit.protocols.aggregation import AggregationRound, ClientAggregator, state_digest
 from secure_fcit.protocols.codec import decode
@@ -41,6 +47,7 @@ from secure_fcit.protocols.interfaces import Learner
 from secure_fcit.protocols.layout import (
     choose_slot,
     public_hash_seed,
+    rotation_seed,
     simhash_planes,
     token_block,
     token_vector,
@@ -60,6 +67,7 @@ from secure_fcit.protocols.messages import (
     check_id,
     check_int,
 )
+from secure_fcit.protocols.secagg import MaskingParams, threshold
 
 __all__ = ["Worker"]
 
@@ -343,6 +351,22 @@ class Worker:
         slot = choose_slot(self._identity_token(message.stage), self._tokens, self._active)
         position = self._active.index(slot)
         weights = np.array(message.weights[position], copy=True)
+        round_id = AggregationRound(
+            message.federation_id, message.stage, message.round, message.attempt, "update",
+            state_digest(self._tokens, message),
+        )
+        if getattr(self.learner, "distributed", False):
+            try:
+                vector = self.learner.distributed_contribution(
+                    message.stage, message.round, slot, weights, position=position, n_active=len(self._active),
+                    **self._distributed_info(message, position))
+            except (PrivacyError, JournalError) as exc:  # budget, or no encoding fits: refused, never sent
+                return [self._reply(Refusal, message, reason=str(exc)[:1000])]
+            self.slots[(message.stage, message.round)] = slot
+            return self.aggregator.begin(
+                round_id, message.cohort, vector,
+                lambda payload, encoding: self._reply(UpdateUpload, message, payload=payload, encoding=encoding),
+            )
         delta = np.asarray(self.learner.train(message.stage, message.round, slot, weights))
         if delta.shape != weights.shape or not np.isfinite(delta).all():
             raise LocalProtocolError(
@@ -351,10 +375,6 @@ class Worker:
             )
         self.slots[(message.stage, message.round)] = slot
         vector = update_vector(delta, self._n_samples, position, len(self._active))
-        round_id = AggregationRound(
-            message.federation_id, message.stage, message.round, message.attempt, "update",
-            state_digest(self._tokens, message),
-        )
         return self.aggregator.begin(
             round_id,
             message.cohort,
@@ -363,6 +383,22 @@ class Worker:
         )
 
     # ----------------------------------------------------------------- helpers
+    def _distributed_info(self, message: RoundStart, position: int) -> dict[str, Any]:
+        """What sizes a distributed-DP share: the cohort, the survivors every honest client insists
+        on (t of its neighbourhood; fewer and it refuses to unmask, so no sum is released), the
+        colluders assumed, and the round's fixed point. Only masking carries distributed DP."""
+        params = getattr(self.aggregator, "params", None)
+        if self.aggregator.kind != "masking" or not isinstance(params, MaskingParams):
+            raise LocalProtocolError(f"distributed DP needs masking, this worker aggregates with "
+                                     f"{self.aggregator.kind!r}", stage=f"stage {message.stage}")
+        n = len(message.cohort)
+        size = n if params.degree == 0 else min(n, params.degree + 1)
+        fp = params.check_cohort(n)
+        return {"cohort_size": n, "t": threshold(params.threshold, size), "colluders": min(params.colluders, size - 1),
+                "frac_bits": fp.frac_bits, "bound": fp.bound,
+                "rotation_seed": rotation_seed(message.federation_id, message.stage, message.round,
+                                               message.attempt, position)}
+
     def _on_release(self, round_id: AggregationRound) -> None:
         """The aggregator is about to let a sum holding this worker's input complete."""
         key = round_id.phase_key

@@ -9,7 +9,7 @@ import pytest
 
 from secure_fcit.cli import main
 from secure_fcit.config import config_from_dict
-from secure_fcit.dp.accounting import rdp_epsilon
+from secure_fcit.dp.accounting import rdp_epsilon, task_histories
 from secure_fcit.dp.journal import read_journal
 from secure_fcit.dp.report import audit
 from secure_fcit.fcit.simulate import run_simulation, write_simulation
@@ -46,9 +46,11 @@ def test_every_strategy_trains_under_dp_and_journals_its_spend(strategy, micro_m
         trained += len(dp)
         for e in dp:
             assert e["sigma"] > 0 and e["eps_rdp"] <= cfg.dp.epsilon
-        history = [(e["sigma"], e["q"], e["steps"]) for e in dp]
-        if dp:
-            assert dp[-1]["eps_rdp"] == pytest.approx(rdp_epsilon(history, cfg.dp.delta), abs=1e-9)
+        if dp:  # per-task accounting: the client's epsilon is the largest of its tasks'
+            per_task = task_histories(entries)
+            assert dp[-1]["eps_rdp"] == pytest.approx(
+                max(rdp_epsilon(h, cfg.dp.delta) for h in per_task.values()), abs=1e-9)
+            assert sum(len(h) for h in per_task.values()) >= len(dp)
         # the identity token leaves once per stage the client took part in, journaled
         assert {e["stage"] for e in entries if e["kind"] == "release"} >= {e["stage"] for e in dp}
     # every applied round had its cohort's spend journaled
@@ -57,7 +59,7 @@ def test_every_strategy_trains_under_dp_and_journals_its_spend(strategy, micro_m
 
 def test_the_cap_refuses_rounds_and_the_federation_goes_on(micro_model_dir, dp_cache, tmp_path):
     # A fixed sigma with a tiny cap: each client can pay for its first round only.
-    cfg = dp_config(micro_model_dir, dp_cache, "finetune", noise_multiplier=1.0, epsilon=6.0)
+    cfg = dp_config(micro_model_dir, dp_cache, "finetune", noise_multiplier=1.0, epsilon=6.0, per_task=False)
     result = run_simulation(cfg, progress=False, log=lambda m: None, privacy_dir=tmp_path / "privacy")
     assert result.refusals and all("privacy budget" in r["reason"] for r in result.refusals)
     for j in (tmp_path / "privacy").glob("*/journal.jsonl"):
@@ -86,3 +88,28 @@ def test_simulate_cli_with_dp_writes_the_audit_report(micro_model_dir, dp_cache,
     j.write_text(j.read_text().replace('"steps":', '"steps": 0, "x":', 1))
     assert main(["audit", "--state", str(out), "--out", str(tmp_path / "a3"), "--no-progress"]) == 1
     assert "FAILED" in (tmp_path / "a3" / "REPORT.md").read_text()
+
+
+def test_distributed_dp_releases_only_noised_sums_and_the_audit_recomputes_them(micro_model_dir, dp_cache, tmp_path):
+    # dp.mode = "distributed": each cohort client journals one Skellam release per round (before
+    # computing anything), sends its encoded clipped-gradient sum plus a share sized mu / (t - c),
+    # and the coordinator's step moves the slots; the audit recomputes every epsilon from the journal.
+    cfg = dp_config(micro_model_dir, dp_cache, "disco", kind="cap", mode="distributed", server_lr=0.5)
+    result = run_simulation(cfg, progress=False, log=lambda m: None, privacy_dir=tmp_path / "privacy")
+    assert result.dp and not result.refusals and result.events["applied"] > 0
+    releases = []
+    for j in sorted((tmp_path / "privacy").glob("*/journal.jsonl")):
+        entries = read_journal(j)
+        assert not [e for e in entries if e["kind"] == "dp-sgd"]  # nothing trains locally
+        mine = [e for e in entries if e["kind"] == "skellam"]
+        for e in mine:  # t = 2 of a cohort of 2, c = 1: the one honest survivor carries all of mu
+            assert e["share_variance"] == pytest.approx(e["mu"] / (e["t"] - e["colluders"]))
+            assert e["eps_rdp"] <= cfg.dp.epsilon and e["sigma"] > 0.3
+        releases += mine
+    assert len(releases) == cfg.scenario.clients_per_round * result.events["applied"]
+    write_simulation(result, cfg, tmp_path)
+    rep = audit(tmp_path, progress=False)
+    assert rep["summary"]["mismatches"] == 0 and not rep["summary"]["over_budget"]
+    assert rep["summary"]["verified"] == rep["summary"]["clients"]
+    client = next(c for c in rep["clients"] if c["rounds"])
+    assert {r["mechanism"] for r in client["rounds"]} == {"skellam"} and client["prv_unavailable"]

@@ -96,3 +96,37 @@ def test_shipped_stream_configs_load(tmp_path):
         assert cfg.fcit.release_policy("masking") == "allow-with-dp"
     cap = load_config(root / "hom-cap.toml", {"fcit.max_slots": 4})
     assert cap.fcit.max_slots == 4
+
+
+_DIST = '[dp]\nenabled = true\nmode = "distributed"\n[scenario]\nn_clients = 6\nclients_per_round = 5\n'
+
+
+def test_distributed_dp_with_the_plaintext_aggregator_is_refused_at_load(tmp_path):
+    with pytest.raises(ConfigError, match=r"needs privacy.aggregation = 'masking', got 'plaintext'.*1/\(t - c\)"):
+        load_config(write(tmp_path, _DIST + '[privacy]\naggregation = "plaintext"\n'))
+
+
+def test_a_threshold_that_cannot_carry_the_noise_is_refused_with_the_numbers(tmp_path):
+    # threshold 0.5 with 1 colluder: t - c honest shares would be too few to carry the noise and to
+    # keep the sum from being split; the cohort sizes are checked at load, the first that fails named.
+    with pytest.raises(ConfigError, match=r"a neighbourhood of 3 with threshold 0.5 has t = 2, and 1 colluder\(s\) "
+                                          r"need t > \(\|N\| \+ c\)/2 = 2"):
+        load_config(write(tmp_path, _DIST + '[privacy]\naggregation = "masking"\nthreshold = 0.5\ncolluders = 1\n'
+                                    'min_cohort = 2\n'))
+
+
+def test_a_bit_width_over_the_fixed_point_is_refused_with_the_numbers(tmp_path):
+    with pytest.raises(ConfigError, match=r"dp.scale_bits = 20 exceeds the 13 fractional bits .* cohort of 5"):
+        load_config(write(tmp_path, _DIST.replace('mode = "distributed"', 'mode = "distributed"\nscale_bits = 20')
+                          + '[privacy]\naggregation = "masking"\n'))
+
+
+def test_an_encoding_that_could_wrap_is_refused_before_any_round(tmp_path):
+    from secure_fcit.dp.distributed import check_encoding
+
+    cfg = load_config(write(tmp_path, _DIST + '[privacy]\naggregation = "masking"\n'))
+    assert check_encoding(cfg, 60_000, 50) > 0  # the demo's scale fits
+    small = load_config(write(tmp_path, _DIST + '[privacy]\naggregation = "masking"\nbound = 1.0\nmin_frac_bits = 8\n'))
+    with pytest.raises(ConfigError, match=r"cohort of \d \(t = \d, c = \d, 60000 coordinates, up to 50 samples.*"
+                                          r"over the per-client budget"):
+        check_encoding(small, 60_000, 50)

@@ -160,3 +160,24 @@ def test_sigma_zero_is_no_privacy_and_the_cap_refuses_it(tmp_path):
     led = _ledger(tmp_path, dp=DPConfig(enabled=True, noise_multiplier=0.0))
     with pytest.raises(BudgetExhausted, match="inf"):
         led.plan(0, 0, 40, 16, 1.0, 1)
+
+
+def test_per_task_accounting_charges_only_the_rounds_task_and_caps_the_largest(tmp_path):
+    # A sample belongs to one task and enters only that task's rounds: a task's sigma is planned
+    # from its own history, a round charges its tasks only, and the client's epsilon is the max.
+    led = _ledger(tmp_path)
+    for r in range(3):
+        led.charge(led.plan(0, r, 40, 16, 2.0, {"a": 3, "b": 3}, ("a",)))
+    eps_a = rdp_epsilon(led.task_histories()["a"], DP.delta)
+    assert 7.5 < eps_a <= 8.0 and "b" not in led.task_histories()
+    fresh = led.plan(1, 0, 40, 16, 2.0, {"a": 3, "b": 3}, ("b",))  # task b starts with its whole budget
+    assert fresh.sigma == pytest.approx(led.history[0][0], rel=0.02)
+    # task a returns past its plan: only its slack is left, so it needs far more noise than b
+    assert led.plan(2, 0, 40, 16, 2.0, {"a": 3, "b": 3}, ("a",)).sigma > 2 * fresh.sigma
+    led.charge(fresh)
+    entries = [e for e in read_journal(tmp_path / "client-000" / "journal.jsonl") if e["kind"] == "dp-sgd"]
+    assert entries[-1]["tasks"] == ["b"] and entries[-1]["eps_rdp"] == pytest.approx(eps_a, abs=1e-9)
+    assert led.spent()["rdp"] == pytest.approx(max(eps_a, rdp_epsilon(led.task_histories()["b"], DP.delta)))
+    # a round on both tasks' samples charges both, with the sigma the more spent one needs
+    both = led.plan(3, 0, 40, 16, 2.0, {"a": 9, "b": 9}, ("a", "b"))
+    assert both.tasks == ("a", "b")
