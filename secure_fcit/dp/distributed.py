@@ -156,7 +156,7 @@ def encode_samples(enc: DistributedEncoding, grads: torch.Tensor | np.ndarray, s
 def decode_sum(enc: DistributedEncoding, block: np.ndarray, signs: torch.Tensor) -> tuple[np.ndarray, float]:
     """(noisy gradient sum (dim,), noisy sample count) of a cohort's unmasked block, given in the
     units the clients sent (integers / gamma)."""
-    y = unrotate(torch.from_numpy(np.ascontiguousarray(block, dtype=np.float64)), signs).numpy()
+    y = unrotate(torch.from_numpy(np.array(block, dtype=np.float64)), signs).numpy()
     return y[: enc.dim], float(y[enc.dim]) / enc.count_scale
 
 

@@ -336,7 +336,7 @@ class DKOOrganizer:
                     withheld.append(slot)
                     continue
             signs = rotation_signs(rotation_seed(step.federation_id, stage, round, rid.attempt, j), step.padded)
-            y = unrotate(torch.from_numpy(np.ascontiguousarray(blocks[j], dtype=np.float64)), signs).numpy()
+            y = unrotate(torch.from_numpy(np.array(blocks[j], dtype=np.float64)), signs).numpy()
             mean = y[: step.dim] / max(float(y[step.dim]) / step.count_scale, step.min_count)
             if step.momentum:
                 v = self._velocity.get(slot, np.zeros(step.dim)) * step.momentum + mean

@@ -37,7 +37,6 @@ from secure_fcit.protocols.layout import (
     public_hash_seed,
     singleton_blocks,
     split_token_sum,
-    split_update_sum,
     token_vector_length,
 )
 from secure_fcit.protocols.messages import (
@@ -406,7 +405,9 @@ class Coordinator:
         return [(m, message) for m in self._members]
 
     def _applied(self, aggregate: Aggregate) -> list[Outgoing]:
-        _, _, clients = split_update_sum(aggregate.vector, len(self._active), self.slot_size)
+        # Both update layouts (plain and distributed DP, `protocols.layout`) end with the per-slot
+        # client counts.
+        clients = np.asarray(aggregate.vector)[-len(self._active):]
         alone = singleton_blocks(clients)
         outcome = self.organizer.apply(self._stage, self._round, aggregate, dp=self.dp)
         message = self._message(RoundEnd, self._round, status="applied")
