@@ -16,7 +16,13 @@ from secure_fcit.dp.distributed import noise_share, share_variance
 from secure_fcit.dp.skellam import SkellamSampler
 from secure_fcit.protocols import AggregationRound
 from secure_fcit.protocols.drive import run_secure_sum
-from secure_fcit.protocols.secagg import MaskingAggregator, MaskingClient, MaskingParams, make_identities, threshold
+from secure_fcit.protocols.secagg import (
+    MaskingAggregator,
+    MaskingClient,
+    MaskingParams,
+    make_identities,
+    threshold,
+)
 
 RID = AggregationRound("fed-dist", 0, 1, 0, "update")
 P, GAMMA, MU = 2048, 2.0**8, 40_000.0
