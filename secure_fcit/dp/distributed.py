@@ -40,6 +40,7 @@ from .skellam import SkellamSampler
 
 __all__ = [
     "DistributedEncoding",
+    "padded_length",
     "rotation_signs",
     "fwht",
     "rotate",
@@ -55,6 +56,11 @@ __all__ = [
 
 #: A clipped sample may exceed ``clip`` by this relative float error and still be accepted.
 _CLIP_SLACK = 1e-5
+
+
+def padded_length(dim: int) -> int:
+    """The smallest power of two >= dim + 1 (the gradient plus the count coordinate)."""
+    return 1 << int(dim).bit_length()
 
 
 @dataclass(frozen=True)
@@ -79,8 +85,7 @@ class DistributedEncoding:
 
     @property
     def padded(self) -> int:
-        """The smallest power of two >= dim + 1 (the gradient plus the count coordinate)."""
-        return 1 << int(self.dim).bit_length()
+        return padded_length(self.dim)
 
     @property
     def gamma(self) -> float:
@@ -153,11 +158,11 @@ def encode_samples(enc: DistributedEncoding, grads: torch.Tensor | np.ndarray, s
     return np.floor(scaled + prg.uniform(enc.padded)).astype(np.int64)
 
 
-def decode_sum(enc: DistributedEncoding, block: np.ndarray, signs: torch.Tensor) -> tuple[np.ndarray, float]:
+def decode_sum(block: np.ndarray, signs: torch.Tensor, dim: int, count_scale: float) -> tuple[np.ndarray, float]:
     """(noisy gradient sum (dim,), noisy sample count) of a cohort's unmasked block, given in the
     units the clients sent (integers / gamma)."""
     y = unrotate(torch.from_numpy(np.array(block, dtype=np.float64)), signs).numpy()
-    return y[: enc.dim], float(y[enc.dim]) / enc.count_scale
+    return y[:dim], float(y[dim]) / count_scale
 
 
 def share_variance(total: float, cohort_size: int, t: int, colluders: int) -> float:

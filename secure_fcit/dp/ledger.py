@@ -271,11 +271,7 @@ class PrivacyLedger:
         (one number for all, or per task), for deriving sigma from the budget."""
         dp = self.dp
         tasks = tuple(dict.fromkeys(tasks)) or (STREAM_PARTITION,)
-        if n_samples < 1:
-            raise PrivacyError("no samples to train on")
-        if dp.delta >= 1.0 / n_samples:
-            raise PrivacyError(f"dp.delta = {dp.delta:g} is not < 1/|D_k| = 1/{n_samples} for this client's "
-                               "stage data: the guarantee would allow releasing a whole sample")
+        _check_samples(n_samples, dp.delta)
         q = min(1.0, batch_size / n_samples)
         steps = max(1, int(builtins.round(local_epochs / q)))
         histories = self.task_histories()
@@ -344,11 +340,7 @@ class PrivacyLedger:
 
         dp = self.dp
         tasks = tuple(dict.fromkeys(tasks)) or (STREAM_PARTITION,)
-        if n_samples < 1:
-            raise PrivacyError("no samples to train on")
-        if dp.delta >= 1.0 / n_samples:
-            raise PrivacyError(f"dp.delta = {dp.delta:g} is not < 1/|D_k| = 1/{n_samples} for this client's "
-                               "stage data: the guarantee would allow releasing a whole sample")
+        _check_samples(n_samples, dp.delta)
         gauss, skel = self.task_histories(), task_releases(self.journal.entries)
         if dp.noise_multiplier is not None:
             mu = (float(dp.noise_multiplier) * l2) ** 2
@@ -410,6 +402,14 @@ def _public_variance(l2: float, l1: float, q: float, rounds: int, epsilon: float
     from .skellam import derive_skellam_variance
 
     return derive_skellam_variance([], l2=l2, l1=l1, q=q, steps=max(1, rounds), target_epsilon=epsilon, delta=delta)
+
+
+def _check_samples(n_samples: int, delta: float) -> None:
+    if n_samples < 1:
+        raise PrivacyError("no samples to train on")
+    if delta >= 1.0 / n_samples:
+        raise PrivacyError(f"dp.delta = {delta:g} is not < 1/|D_k| = 1/{n_samples} for this client's "
+                           "stage data: the guarantee would allow releasing a whole sample")
 
 
 def _max_prv(values: list[float]) -> float:

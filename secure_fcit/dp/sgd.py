@@ -185,13 +185,7 @@ def dp_train_steps(
             opt.zero_grad(set_to_none=True)
             seconds.append(time.perf_counter() - t0)
     finally:
-        gsm._close()  # removes the hooks and the per-sample gradients from the shared model
-        for p in params:
-            for attr in ("grad_sample", "summed_grad", "_processed"):
-                if hasattr(p, attr):
-                    delattr(p, attr)
-            p.grad = None
-        model.eval()
+        _release_hooks(gsm, params, model)
     return DPStepResult(losses, sizes, seconds, sq)
 
 
@@ -246,11 +240,16 @@ def clipped_per_sample_grads(
                 p.grad_sample = None
                 p.grad = None
     finally:
-        gsm._close()
-        for p in params:
-            for attr in ("grad_sample", "summed_grad", "_processed"):
-                if hasattr(p, attr):
-                    delattr(p, attr)
-            p.grad = None
-        model.eval()
+        _release_hooks(gsm, params, model)
     return torch.cat(out), losses
+
+
+def _release_hooks(gsm, params, model: torch.nn.Module) -> None:
+    """Remove Opacus' hooks and per-sample gradients from the shared model; back to eval mode."""
+    gsm._close()
+    for p in params:
+        for attr in ("grad_sample", "summed_grad", "_processed"):
+            if hasattr(p, attr):
+                delattr(p, attr)
+        p.grad = None
+    model.eval()

@@ -71,7 +71,9 @@ class DistributedStep:
 
     @property
     def padded(self) -> int:
-        return 1 << int(self.dim).bit_length()  # smallest power of two >= dim + 1
+        from ..dp.distributed import padded_length
+
+        return padded_length(self.dim)
 
 
 @dataclass(frozen=True)
@@ -310,9 +312,7 @@ class DKOOrganizer:
     def _apply_distributed(self, stage: int, round: int, aggregate: Aggregate, dp: bool) -> RoundOutcome:
         """Decode each active slot's noisy encoded sum (`dp.distributed.decode_sum` with the round's
         public rotation) and take the server step; the noise came with the sum (nothing added here)."""
-        import torch
-
-        from ..dp.distributed import rotation_signs, unrotate
+        from ..dp.distributed import decode_sum, rotation_signs
         from ..protocols.layout import distributed_vector_length, rotation_seed, split_distributed_sum
 
         step = self.distributed
@@ -325,9 +325,26 @@ class DKOOrganizer:
                                      f"{aggregate.n_contributors} contributors", stage=_STAGE)
         rid = aggregate.round_id
         applied, withheld, per_slot = [], [], {}
+        for j, slot in self._released_slots(stage, round, counts, dp, withheld, per_slot):
+            signs = rotation_signs(rotation_seed(step.federation_id, stage, round, rid.attempt, j), step.padded)
+            grad, count = decode_sum(blocks[j], signs, step.dim, step.count_scale)
+            mean = grad / max(count, step.min_count)
+            if step.momentum:
+                mean = self._velocity.get(slot, np.zeros(step.dim)) * step.momentum + mean
+                self._velocity[slot] = mean
+            w = self._weights[slot].astype(np.float64)
+            w[step.trainable_index] -= step.server_lr * mean
+            self._weights[slot] = w.astype(np.float32)
+            applied.append(slot)
+        return RoundOutcome(applied=tuple(applied), withheld=tuple(withheld), clients=per_slot)
+
+    def _released_slots(self, stage: int, round: int, counts: np.ndarray, dp: bool, withheld: list[int],
+                        per_slot: dict[int, int]):
+        """(block, slot) of each active slot some client trained whose release the policy lets
+        through; records the clients per slot, the releases, and the withheld slots on the way."""
         for j, slot in enumerate(self._active):
             if counts[j] == 0:
-                continue
+                continue  # nobody trained this slot: unchanged
             per_slot[slot] = int(counts[j])
             release = self._release(stage, round, "update", slot, int(counts[j]), dp)
             if release is not None:
@@ -335,18 +352,7 @@ class DKOOrganizer:
                 if not release.applied:
                     withheld.append(slot)
                     continue
-            signs = rotation_signs(rotation_seed(step.federation_id, stage, round, rid.attempt, j), step.padded)
-            y = unrotate(torch.from_numpy(np.array(blocks[j], dtype=np.float64)), signs).numpy()
-            mean = y[: step.dim] / max(float(y[step.dim]) / step.count_scale, step.min_count)
-            if step.momentum:
-                v = self._velocity.get(slot, np.zeros(step.dim)) * step.momentum + mean
-                self._velocity[slot] = v
-                mean = v
-            w = self._weights[slot].astype(np.float64)
-            w[step.trainable_index] -= step.server_lr * mean
-            self._weights[slot] = w.astype(np.float32)
-            applied.append(slot)
-        return RoundOutcome(applied=tuple(applied), withheld=tuple(withheld), clients=per_slot)
+            yield j, slot
 
     # ----------------------------------------------------------------- rounds
     def apply(self, stage: int, round: int, aggregate: Aggregate, *, dp: bool = False) -> RoundOutcome:
@@ -367,16 +373,7 @@ class DKOOrganizer:
         sums, samples, clients = split_update_sum(aggregate.vector, n_active, self._slot_size)
         counts = _client_counts(clients, samples, aggregate.n_contributors, "update")
         applied, withheld, per_slot = [], [], {}
-        for j, slot in enumerate(self._active):
-            if counts[j] == 0:
-                continue  # nobody trained this slot: unchanged
-            per_slot[slot] = int(counts[j])
-            release = self._release(stage, round, "update", slot, int(counts[j]), dp)
-            if release is not None:
-                self._releases.append(release)
-                if not release.applied:
-                    withheld.append(slot)
-                    continue
+        for j, slot in self._released_slots(stage, round, counts, dp, withheld, per_slot):
             mean_delta = sums[j] / samples[j]
             self._weights[slot] = (self._weights[slot].astype(np.float64) + mean_delta).astype(np.float32)
             applied.append(slot)

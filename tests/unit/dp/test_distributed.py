@@ -72,13 +72,13 @@ def test_encoding_is_unbiased_and_decodes_the_clipped_sum_and_count():
     g = g / g.norm(dim=1, keepdim=True).clamp(min=1.0)
     signs = rotation_signs(SEED, enc.padded)
     prg = ChaCha20PRG(bytes(32))
-    decoded = [decode_sum(enc, encode_samples(enc, g, signs, prg) / enc.gamma, signs) for _ in range(400)]
+    decoded = [decode_sum(encode_samples(enc, g, signs, prg) / enc.gamma, signs, enc.dim, enc.count_scale) for _ in range(400)]
     grad = np.mean([d[0] for d in decoded], axis=0)
     count = np.mean([d[1] for d in decoded])
     np.testing.assert_allclose(grad, g.sum(0).numpy(), atol=5e-4)
     assert count == pytest.approx(7.0, abs=5e-3)
     # One draw is within the rounding error (at most 1 integer unit per coordinate) of the truth.
-    one, n = decode_sum(enc, encode_samples(enc, g, signs, prg) / enc.gamma, signs)
+    one, n = decode_sum(encode_samples(enc, g, signs, prg) / enc.gamma, signs, enc.dim, enc.count_scale)
     assert np.abs(one - g.sum(0).numpy()).max() <= math.sqrt(enc.padded) / enc.gamma
 
 
