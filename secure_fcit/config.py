@@ -346,7 +346,10 @@ class DPConfig:
     #: t surviving contributions carry the accounted noise, and the coordinator applies the step
     #: (`dp.distributed`, threat_model.md).
     mode: str = "local"
-    #: Distributed: the public Poisson rate of each round's sample of the client's task data.
+    #: The public Poisson rate q of each DP step's sample of the client's task data (both modes).
+    #: Local DP-SGD runs round(local_epochs / q) steps and divides each noisy gradient sum by
+    #: ``fcit.local_batch_size``: nothing of the mechanism depends on the client's sample count, as
+    #: add/remove-one neighbours require (threat_model.md §1).
     sample_rate: float = 1.0
     #: Distributed: the coordinator's step, w -= server_lr * (noisy gradient sum / noisy count).
     server_lr: float = 0.05

@@ -113,6 +113,7 @@ class ClientPrivacy:
         self.ledger.charge(plan)  # journaled and fsynced before the first step
         return dp_train_steps(model, params, samples, noise_multiplier=plan.sigma, max_grad_norm=plan.max_grad_norm,
                               sample_rate=plan.q, steps=plan.steps, lr=self.dp.lr or self.lr, pad_id=pad_id,
+                              divisor=float(plan.batch_size),
                               optimizer=self.dp.optimizer,
                               extra_loss=extra_loss, grad_masks=grad_masks, collect_sq=collect_sq,
                               prg=None if self._noise_prg is None else self._noise_prg(stage, round))
@@ -149,8 +150,10 @@ class ClientPrivacy:
         share = share_variance(plan.mu, cohort_size, t, colluders)
         try:
             wrap_check(enc, n_samples, share, client_budget(bound, enc.scale_bits))
-        except ConfigError as exc:
-            raise PrivacyError(f"distributed DP: {exc}") from None
+        except ConfigError:  # the refusal reaches the coordinator: it does not name n_k
+            raise PrivacyError("distributed DP: this client's stage data could wrap the secure sum at this "
+                               "round's encoding; raise privacy.bound, or lower dp.max_grad_norm or dp.scale_bits "
+                               "(`python -m secure_fcit simulate` checks the config's bound at load)") from None
         return enc, plan, share
 
     def distributed_contribution(self, model: torch.nn.Module, params: Sequence[torch.nn.Parameter],

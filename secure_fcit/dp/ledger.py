@@ -272,7 +272,10 @@ class PrivacyLedger:
         dp = self.dp
         tasks = tuple(dict.fromkeys(tasks)) or (STREAM_PARTITION,)
         _check_samples(n_samples, dp.delta)
-        q = min(1.0, batch_size / n_samples)
+        # Public parameters only (add/remove-one neighbours, threat_model.md §1): q is dp.sample_rate
+        # and the step count follows from it, never from n_samples, so a neighbour (one sample more
+        # or less) runs the same mechanism; n_samples is only checked (delta < 1/n).
+        q = float(dp.sample_rate)
         steps = max(1, int(builtins.round(local_epochs / q)))
         histories = self.task_histories()
         if dp.noise_multiplier is not None:
@@ -407,9 +410,9 @@ def _public_variance(l2: float, l1: float, q: float, rounds: int, epsilon: float
 def _check_samples(n_samples: int, delta: float) -> None:
     if n_samples < 1:
         raise PrivacyError("no samples to train on")
-    if delta >= 1.0 / n_samples:
-        raise PrivacyError(f"dp.delta = {delta:g} is not < 1/|D_k| = 1/{n_samples} for this client's "
-                           "stage data: the guarantee would allow releasing a whole sample")
+    if delta >= 1.0 / n_samples:  # the refusal reaches the coordinator: it does not name n_k
+        raise PrivacyError(f"dp.delta = {delta:g} is not < 1/|D_k| for this client's stage data: the "
+                           "guarantee would allow releasing a whole sample")
 
 
 def _max_prv(values: list[float]) -> float:

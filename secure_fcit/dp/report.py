@@ -6,7 +6,9 @@ verifies each hash chain (and its ``accountant.json`` anchor when present), and 
 with fresh Opacus accountants from the journaled (sigma, q, steps): RDP after every entry, PRV for
 each client's whole history. A journaled epsilon that disagrees with the recomputation is flagged.
 It writes ``REPORT.md``, ``REPORT.html``, ``REPORT.json`` and ``epsilon.png`` (epsilon over rounds).
-Releases that DP does not cover are listed: identity tokens from the journals, and the
+The report states the neighbouring relation and carries the release inventory
+(`dp.releases`: every release derived from private data, covered or not, with the reason); the
+uncovered releases the run recorded are listed: identity tokens from the journals, and the
 coordinator's small-cohort (k_min) releases and the clients' refusals from ``metrics.json``.
 
 The audit runs against the roster (``ledger-roster.json`` next to the ledger folders, written by
@@ -35,6 +37,7 @@ from ..errors import JournalError, PrivacyError
 from .accounting import PRV_EPS_ERROR, SKELLAM_KIND, entry_tasks, prv_result, skellam_release, task_epsilon
 from .journal import check_anchor, is_signed, read_journal
 from .ledger import ROSTER_NAME, check_roster_record, read_roster
+from .releases import RELATION, inventory
 
 __all__ = ["audit", "write_report", "find_journals", "MISMATCH_TOLERANCE"]
 
@@ -246,6 +249,8 @@ def audit(state: Path, progress: bool = True, certs: Path | None = None) -> dict
     # the largest of the others.
     unknown = math.inf if failed else None
     metrics = _run_metrics(state) if state.is_dir() else None
+    mechanisms = {r["mechanism"] for c in counted for r in c["rounds"]}
+    modes = [m for m, kind in (("local", "gaussian"), ("distributed", "skellam")) if kind in mechanisms]
     return {
         "state": str(state),
         "accountants": {"rdp": "opacus.accountants.RDPAccountant (default orders)",
@@ -264,6 +269,9 @@ def audit(state: Path, progress: bool = True, certs: Path | None = None) -> dict
             "max_epsilon_rdp_not_failed": max((c["epsilon"]["rdp"] for c in counted), default=0.0),
             "rosters": rosters,
         },
+        "relation": RELATION,
+        "dp_modes": modes,
+        "release_inventory": [r for r in inventory() if not modes or r["modes"] in ("both", *modes)],
         "small_cohort_releases": (metrics or {}).get("small_cohort_releases", []),
         "refusals": (metrics or {}).get("refusals", []),
         "run": None if metrics is None else {k: metrics.get(k) for k in ("strategy", "setting", "beta", "seed",
@@ -321,9 +329,14 @@ def _markdown(rep: dict[str, Any]) -> str:
     problems += [(c["client"], m) for c in rep["clients"] for m in c["mismatches"]]
     if problems:
         out += ["", "## Problems", ""] + [f"- {who}: {what}" for who, what in problems]
-    out += ["", "## Releases not covered by DP", "",
-            "Identity tokens (n_k times the mean instruction embedding, and n_k) leave each client once per stage "
-            "without noise; sample counts n_k go with every update.", ""]
+    out += ["", "## Release inventory: what the printed epsilon covers", "",
+            f"Epsilon is computed, capped and reported per sample, under {rep.get('relation', RELATION)} "
+            f"neighbours, for the rows marked covered (DP modes in this run: "
+            f"{', '.join(rep.get('dp_modes') or []) or 'none'}). Every other row leaves the client without noise.",
+            "", "| release | covered | how, or why not |", "|---|---|---|"]
+    out += [f"| {r['what']} | {'**yes**' if r['covered'] else '**no**'} | {r['how']} |"
+            for r in rep.get("release_inventory", [])]
+    out += ["", "## Releases not covered by DP, as recorded", ""]
     tokens = [(c["client"], r) for c in rep["clients"] for r in c["releases_without_dp"]]
     out.append(f"- identity-token releases journaled: {len(tokens)} "
                f"(clients: {len({c for c, _ in tokens})})")

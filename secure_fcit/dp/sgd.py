@@ -121,8 +121,13 @@ def dp_train_steps(
     grad_masks: Sequence[torch.Tensor] | None = None,
     collect_sq: bool = False,
     optimizer: str = "adamw",
+    divisor: float | None = None,
 ) -> DPStepResult:
-    """Run ``steps`` DP-SGD steps on ``params`` (the only trainable parameters of ``model``)."""
+    """Run ``steps`` DP-SGD steps on ``params`` (the only trainable parameters of ``model``).
+
+    ``divisor``: the noisy gradient sum of a step is divided by it. Give a public constant (the
+    ledger passes ``fcit.local_batch_size``) so that nothing of the mechanism depends on the
+    client's sample count; None divides by the expected batch ``sample_rate * len(samples)``."""
     if noise_multiplier < 0 or max_grad_norm <= 0 or steps < 1 or not samples:
         raise PrivacyError(f"DP-SGD needs sigma >= 0, C > 0, steps >= 1 and samples (got {noise_multiplier}, "
                            f"{max_grad_norm}, {steps}, {len(samples)})")
@@ -135,7 +140,9 @@ def dp_train_steps(
     names = [names_by_id.get(id(p), f"parameter {i}") for i, p in enumerate(params)]
     device = model_device(model)
     n = len(samples)
-    expected = sample_rate * n
+    expected = sample_rate * n if divisor is None else float(divisor)
+    if not expected > 0:
+        raise PrivacyError(f"DP-SGD divisor must be > 0, got {expected}")
     if optimizer == "adamw":
         base_opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     elif optimizer in ("sgd", "momentum"):
@@ -145,7 +152,7 @@ def dp_train_steps(
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
     opt = ChaChaDPOptimizer(base_opt, prg=prg, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                             expected_batch_size=expected, loss_reduction="mean")
-    # ``expected_batch_size`` is used as a float divisor: the mean over the *expected* q*n.
+    # ``expected_batch_size`` is used as a float divisor: the public divisor (or the expected q*n).
     sched = warmup_linear_decay(base_opt, steps)
     losses, sizes, seconds = [], [], []
     sq = [torch.zeros_like(p) for p in params] if collect_sq else None

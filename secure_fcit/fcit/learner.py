@@ -89,6 +89,11 @@ class SlotLearner:
     def num_samples(self, stage: int) -> int:
         return len(self.samples.get(stage, ()))
 
+    def update_weight(self, stage: int) -> int:
+        """The weight of this client's update in the FedAvg sum: its sample count, or 1 under DP,
+        where the exact count is not released (add/remove-one neighbours, threat_model.md §1)."""
+        return 1 if self.privacy is not None else self.num_samples(stage)
+
     def train(self, stage: int, round: int, slot: int, weights: np.ndarray) -> np.ndarray:
         weights = np.asarray(weights, dtype=np.float32)
         self.slots.load_slot(slot, weights)

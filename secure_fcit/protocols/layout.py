@@ -9,9 +9,9 @@ tasks the federation does not know yet are hashed, so a new task cannot collide 
 one. The sum gives, per block, the sample-weighted token sum, the sample count and the client count.
 
 Update round (length ``n_active * (p + 2)``), with j the position of the worker's slot in the
-round's active slots: ``[n_k * delta_k in block j of n_active blocks of p | n_k at j of n_active |
-1 at j of n_active]``. The sum gives, per active slot, sum(n_k * delta_k), sum(n_k) and the number
-of clients.
+round's active slots: ``[w_k * delta_k in block j of n_active blocks of p | w_k at j of n_active |
+1 at j of n_active]``, w_k the sample count n_k (1 under local DP, which does not release n_k).
+The sum gives, per active slot, sum(w_k * delta_k), sum(w_k) and the number of clients.
 
 Distributed-DP update round (``dp.mode = "distributed"``, length ``n_active * (P + 1)``, P the
 encoding's padded length): ``[z in block j of n_active blocks of P, a noise share in every block |

@@ -374,7 +374,9 @@ class Worker:
                 stage=stage,
             )
         self.slots[(message.stage, message.round)] = slot
-        vector = update_vector(delta, self._n_samples, position, len(self._active))
+        weigh = getattr(self.learner, "update_weight", None)  # DP learners: 1, their n_k stays private
+        weight = self._n_samples if weigh is None else check_int("update_weight", weigh(message.stage), 1)
+        vector = update_vector(delta, weight, position, len(self._active))
         return self.aggregator.begin(
             round_id,
             message.cohort,

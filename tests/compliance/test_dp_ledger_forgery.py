@@ -29,7 +29,7 @@ from secure_fcit.dp.ledger import LOCK_NAME, ROSTER_NAME, PrivacyLedger
 from secure_fcit.dp.report import UNSIGNED, audit
 from secure_fcit.errors import JournalError, PrivacyError
 
-DP = DPConfig(enabled=True, epsilon=8.0, delta=1e-5, max_grad_norm=1.0)
+DP = DPConfig(enabled=True, epsilon=8.0, delta=1e-5, max_grad_norm=1.0, sample_rate=0.4)  # q = 16/40
 TARGET = "client-000"
 
 

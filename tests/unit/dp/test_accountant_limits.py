@@ -49,7 +49,7 @@ def test_a_grid_too_large_is_refused_in_bounded_time():
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 def test_sigma_0_05_run_charges_without_a_crash_and_its_audit_is_bounded(tmp_path, accountant):
-    dp = DPConfig(enabled=True, noise_multiplier=0.05, epsilon=1e9, accountant=accountant)
+    dp = DPConfig(enabled=True, noise_multiplier=0.05, epsilon=1e9, accountant=accountant, sample_rate=0.5)
     with PrivacyLedger(tmp_path, "client-000", dp) as ledger:
         for r in range(4):  # 4 rounds of 8 steps at q = 0.5: PRV's domain is far past exp's range
             plan = ledger.plan(0, r, n_samples=32, batch_size=16, local_epochs=4, planned_rounds=4)
@@ -69,11 +69,11 @@ def test_sigma_0_05_run_charges_without_a_crash_and_its_audit_is_bounded(tmp_pat
 def test_prv_unavailable_the_cap_is_enforced_under_rdp(tmp_path):
     """accountant = "prv" with PRV unavailable: the cap still holds, under RDP."""
     rdp_after = rdp_epsilon([(0.05, 0.5, 8)], 1e-5)  # about 1811
-    dp = DPConfig(enabled=True, noise_multiplier=0.05, epsilon=1e4, accountant="prv")
+    dp = DPConfig(enabled=True, noise_multiplier=0.05, epsilon=1e4, accountant="prv", sample_rate=0.5)
     with PrivacyLedger(tmp_path / "a", "client-000", dp) as ledger:
         plan = ledger.plan(0, 0, n_samples=32, batch_size=16, local_epochs=4, planned_rounds=1)
         assert plan.eps_after == pytest.approx(rdp_after)
-    tight = DPConfig(enabled=True, noise_multiplier=0.05, epsilon=1000.0, accountant="prv")
+    tight = DPConfig(enabled=True, noise_multiplier=0.05, epsilon=1000.0, accountant="prv", sample_rate=0.5)
     with PrivacyLedger(tmp_path / "b", "client-000", tight) as ledger:
         with pytest.raises(BudgetExhausted, match=f"{rdp_after:.3f}"):
             ledger.plan(0, 0, n_samples=32, batch_size=16, local_epochs=4, planned_rounds=1)
