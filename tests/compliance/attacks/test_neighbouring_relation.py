@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from secure_fcit.config import DPConfig, PrivacyConfig
+from secure_fcit.dp.ledger import PrivacyLedger
 from secure_fcit.fcit.dko import DKOConfig
 from secure_fcit.fcit.learner import SlotLearner
 from secure_fcit.protocols import Coordinator, Worker, layout, run_federation
 from secure_fcit.protocols.factory import build_aggregation
-from secure_fcit.dp.ledger import PrivacyLedger
 from tests.compliance.attacks.test_secure_sum_attacks import RecordingOrganizer
 from tests.unit.protocols._support import DIM, FED, SLOT, FakeLearner, ListSchedule, client
 
