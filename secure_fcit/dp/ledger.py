@@ -281,12 +281,14 @@ class PrivacyLedger:
         if dp.noise_multiplier is not None:
             sigma = float(dp.noise_multiplier)
         else:
+            # A schedule fixed in advance, not a filter: each task's sigma is derived from a fresh
+            # history for its planned rounds, so every participation of the task runs the same
+            # mechanism whatever was spent before; the composition is then that of a sequence fixed
+            # before training, and the minimum over RDP orders applies to it (threat_model.md §1).
             sigma = 0.0
             for task in tasks:
-                history = histories.get(task, [])
                 planned = planned_rounds[task] if isinstance(planned_rounds, dict) else planned_rounds
-                left = max(1, planned - len(history))
-                derived = derive_noise_multiplier(history, (0.0, q, steps * left), dp.epsilon, dp.delta)
+                derived = derive_noise_multiplier([], (0.0, q, steps * max(1, planned)), dp.epsilon, dp.delta)
                 if derived is None:
                     raise BudgetExhausted(self._exhausted(q, steps, task=task))
                 sigma = max(sigma, derived)
@@ -333,13 +335,15 @@ class PrivacyLedger:
 
     def plan_release(self, stage: int, round: int, n_samples: int, l2: float, l1: float, q: float,
                      planned_rounds: int | dict[str, int],
-                     tasks: tuple[str, ...] = (STREAM_PARTITION,), public: bool = False) -> ReleasePlan:
-        """A distributed-DP round's Skellam variance ``mu``: per task, the smallest that lets the
-        task's remaining planned releases fit the budget (``dp.noise_multiplier`` fixed: mu =
-        (sigma l2)^2); the largest over the round's tasks. ``public``: from a fresh history and
-        ``planned_rounds`` (an int) alone, so every client derives the same mu; the client's own
-        history is still checked against the cap. `BudgetExhausted` with the numbers."""
-        from .skellam import SkellamRelease, derive_skellam_variance, mixed_epsilon
+                     tasks: tuple[str, ...] = (STREAM_PARTITION,), public: bool = True) -> ReleasePlan:
+        """A distributed-DP round's Skellam variance ``mu``, from public values alone: per task, the
+        smallest with which ``planned_rounds`` releases (one number, or per task) spend the budget
+        from a fresh history (``dp.noise_multiplier`` fixed: mu = (sigma l2)^2); the largest over the
+        round's tasks. Every client derives the same mu, and every release of a task runs the same
+        mechanism (a schedule fixed in advance, not a filter: threat_model.md §1); the client's own
+        history is checked against the cap. `BudgetExhausted` with the numbers. ``public`` is kept
+        for callers; there is no other derivation."""
+        from .skellam import SkellamRelease, mixed_epsilon
 
         dp = self.dp
         tasks = tuple(dict.fromkeys(tasks)) or (STREAM_PARTITION,)
@@ -347,19 +351,11 @@ class PrivacyLedger:
         gauss, skel = self.task_histories(), task_releases(self.journal.entries)
         if dp.noise_multiplier is not None:
             mu = (float(dp.noise_multiplier) * l2) ** 2
-        elif public:
-            derived = _public_variance(l2, l1, q, int(planned_rounds), dp.epsilon, dp.delta)
-            if derived is None:
-                raise BudgetExhausted(self._release_exhausted(tasks[0], q))
-            mu = derived
         else:
             mu = 0.0
             for task in tasks:
                 planned = planned_rounds[task] if isinstance(planned_rounds, dict) else planned_rounds
-                left = max(1, planned - len(skel.get(task, [])) - len(gauss.get(task, [])))
-                derived = derive_skellam_variance(skel.get(task, []), l2=l2, l1=l1, q=q, steps=left,
-                                                  target_epsilon=dp.epsilon, delta=dp.delta,
-                                                  gaussian=gauss.get(task, []))
+                derived = _public_variance(l2, l1, q, int(planned), dp.epsilon, dp.delta)
                 if derived is None:
                     raise BudgetExhausted(self._release_exhausted(task, q))
                 mu = max(mu, derived)

@@ -96,9 +96,21 @@ def test_sigma_is_derived_so_the_planned_rounds_spend_the_budget(tmp_path):
     eps = rdp_epsilon(led.history, DP.delta)
     assert 7.5 < eps <= 8.0
     sigmas = [s for s, _, _ in led.history]
-    assert max(sigmas) / min(sigmas) < 1.05  # the budget is spread evenly over the plan
-    # past the plan only the slack is left: the next round would need far more noise
-    assert led.plan(0, 4, 40, 16, 2.0, 4).sigma > 2 * max(sigmas)
+    assert len(set(sigmas)) == 1  # a schedule fixed in advance: every participation runs the same mechanism
+    # past the plan the same mechanism would cross the cap: refused (no filter re-derives sigma from the slack)
+    with pytest.raises(BudgetExhausted, match="would bring epsilon to"):
+        led.plan(0, 4, 40, 16, 2.0, 4)
+
+
+def test_sigma_does_not_adapt_to_what_was_spent(tmp_path):
+    """Finding: sigma chosen from the remaining budget makes an adaptive filter, and the minimum
+    over RDP orders after the fact is not covered by Feldman-Zrnic's fixed-order filter. Two ledgers,
+    one with a fixed-sigma round spent first: the next derived round has the same sigma in both."""
+    fresh = _ledger(tmp_path / "fresh")
+    spent = _ledger(tmp_path / "spent")
+    spent.charge(spent.plan(0, 0, 40, 16, 2.0, 6))
+    spent.charge(spent.plan(0, 1, 40, 16, 2.0, 6))
+    assert spent.plan(0, 2, 40, 16, 2.0, 6).sigma == fresh.plan(0, 0, 40, 16, 2.0, 6).sigma
 
 
 def test_a_fixed_sigma_round_over_the_cap_is_refused_and_not_journaled(tmp_path):
@@ -173,12 +185,16 @@ def test_per_task_accounting_charges_only_the_rounds_task_and_caps_the_largest(t
     assert 7.5 < eps_a <= 8.0 and "b" not in led.task_histories()
     fresh = led.plan(1, 0, 40, 16, 2.0, {"a": 3, "b": 3}, ("b",))  # task b starts with its whole budget
     assert fresh.sigma == pytest.approx(led.history[0][0], rel=0.02)
-    # task a returns past its plan: only its slack is left, so it needs far more noise than b
-    assert led.plan(2, 0, 40, 16, 2.0, {"a": 3, "b": 3}, ("a",)).sigma > 2 * fresh.sigma
+    # task a returns past its plan: the same mechanism would cross the cap, so the round is refused
+    with pytest.raises(BudgetExhausted, match="would bring epsilon to"):
+        led.plan(2, 0, 40, 16, 2.0, {"a": 3, "b": 3}, ("a",))
     led.charge(fresh)
     entries = [e for e in read_journal(tmp_path / "client-000" / "journal.jsonl") if e["kind"] == "dp-sgd"]
     assert entries[-1]["tasks"] == ["b"] and entries[-1]["eps_rdp"] == pytest.approx(eps_a, abs=1e-9)
     assert led.spent()["rdp"] == pytest.approx(max(eps_a, rdp_epsilon(led.task_histories()["b"], DP.delta)))
-    # a round on both tasks' samples charges both, with the sigma the more spent one needs
-    both = led.plan(3, 0, 40, 16, 2.0, {"a": 9, "b": 9}, ("a", "b"))
-    assert both.tasks == ("a", "b")
+    # a round on both tasks' samples charges both, with the sigma the longer-planned one needs
+    other = _ledger(tmp_path / "both")
+    both = other.plan(0, 0, 40, 16, 2.0, {"a": 3, "b": 9}, ("a", "b"))
+    assert both.tasks == ("a", "b") and both.sigma == other.plan(0, 0, 40, 16, 2.0, 9).sigma
+    other.charge(both)
+    assert set(other.task_histories()) == {"a", "b"}
