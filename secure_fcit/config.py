@@ -359,8 +359,13 @@ class DPConfig:
     #: a noisy count (the divisor) inside the same mechanism; the sensitivity is sqrt(C^2 + a^2).
     count_scale: float = 0.25
     #: Distributed: the scale gamma = 2^scale_bits of the integer encoding; 0 = the largest the
-    #: masking fixed point and the wrap-around bound allow at each round.
+    #: masking fixed point and the wrap-around bound allow at each round. Local Skellam noise: 0 = 16.
     scale_bits: int = 0
+    #: Local DP-SGD's noise: "gaussian" (Opacus' Gaussian, float64 Box-Muller on ChaCha20; open to
+    #: floating-point attacks, Mironov 2012) or "skellam" (each step's clipped gradient sum scaled
+    #: by 2^scale_bits, rounded once and noised with integer Skellam noise, accounted with Skellam
+    #: RDP: no floating-point noise). Distributed DP is always Skellam.
+    noise: str = "gaussian"
 
     def __post_init__(self) -> None:
         if not self.epsilon > 0:
@@ -396,6 +401,11 @@ class DPConfig:
                               f"got {self.count_scale}")
         if not 0 <= self.scale_bits <= 30:
             raise ConfigError(f"dp.scale_bits must be in 0..30 (0: automatic), got {self.scale_bits}")
+        if self.noise not in ("gaussian", "skellam"):
+            raise ConfigError(f"dp.noise must be 'gaussian' or 'skellam', got {self.noise!r}")
+        if self.noise == "skellam" and self.accountant != "rdp":
+            raise ConfigError("dp.noise = 'skellam' is accounted with RDP (the Skellam mechanism has no PRV analysis "
+                              f"here); set dp.accountant = 'rdp', not {self.accountant!r}")
         if self.mode == "distributed" and self.accountant != "rdp":
             raise ConfigError("dp.mode = 'distributed' is accounted with RDP (the Skellam mechanism has no PRV "
                               f"analysis here); set dp.accountant = 'rdp', not {self.accountant!r}")

@@ -9,6 +9,7 @@ without one the ledger makes an in-memory key, see `PrivacyLedger`).
 
 from __future__ import annotations
 
+import builtins
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -98,7 +99,7 @@ class ClientPrivacy:
         return None
 
     def refuse_reason(self, stage: int, round: int, n_samples: int) -> str | None:
-        if self.dp.mode == "distributed":  # the release is planned with the round's cohort and encoding
+        if self.dp.mode == "distributed" or self.dp.noise == "skellam":  # planned with the slot's size
             return self.journal_error()
         try:
             self._plans[(stage, round)] = self._plan(stage, round, n_samples)
@@ -109,6 +110,9 @@ class ClientPrivacy:
     def train(self, model: torch.nn.Module, params: Sequence[torch.nn.Parameter], samples: Sequence[EncodedSample],
               stage: int, round: int, pad_id: int, extra_loss: Callable[[], torch.Tensor] | None = None,
               grad_masks: Sequence[torch.Tensor] | None = None, collect_sq: bool = False) -> DPStepResult:
+        if self.dp.noise == "skellam":
+            return self._train_skellam(model, params, samples, stage, round, pad_id, extra_loss=extra_loss,
+                                       grad_masks=grad_masks, collect_sq=collect_sq)
         plan = self._plans.pop((stage, round), None) or self._plan(stage, round, len(samples))
         self.ledger.charge(plan)  # journaled and fsynced before the first step
         return dp_train_steps(model, params, samples, noise_multiplier=plan.sigma, max_grad_norm=plan.max_grad_norm,
@@ -117,6 +121,32 @@ class ClientPrivacy:
                               optimizer=self.dp.optimizer,
                               extra_loss=extra_loss, grad_masks=grad_masks, collect_sq=collect_sq,
                               prg=None if self._noise_prg is None else self._noise_prg(stage, round))
+
+    def _train_skellam(self, model, params, samples, stage, round, pad_id, **kw) -> DPStepResult:
+        """Local DP-SGD with integer Skellam noise (``dp.noise = "skellam"``): each step's clipped
+        gradient sum is scaled by gamma = 2^scale_bits (16 when 0), rounded once (stochastically) and
+        noised with Skellam of variance mu, all in integers; mu is derived from public values like
+        a distributed release (`skellam.sensitivity` of the slot's size), and the round is journaled
+        as one Skellam release of its steps before the first step."""
+        from . import skellam
+
+        if self.ledger is None:
+            raise JournalError(self.journal_error())
+        dim = sum(p.numel() for p in params)
+        bits = self.dp.scale_bits or 16
+        gamma = float(1 << bits)
+        l2, l1 = skellam.sensitivity(gamma, self.dp.max_grad_norm, dim)
+        q = float(self.dp.sample_rate)
+        steps = max(1, int(builtins.round(self.local_epochs / q)))
+        plan = self.ledger.plan_release(stage, round, len(samples), l2, l1, q, self.planned_rounds,
+                                        self.tasks.get(stage) or (STREAM_PARTITION,), steps=steps)
+        self.ledger.charge_release(plan, noise="skellam-local", scale_bits=bits, dim=dim)  # fsynced first
+        self.last_release = plan
+        return dp_train_steps(model, params, samples, noise_multiplier=0.0, max_grad_norm=self.dp.max_grad_norm,
+                              sample_rate=q, steps=steps, lr=self.dp.lr or self.lr, pad_id=pad_id,
+                              optimizer=self.dp.optimizer, divisor=float(self.batch_size),
+                              skellam=(plan.mu, gamma),
+                              prg=None if self._noise_prg is None else self._noise_prg(stage, round), **kw)
 
     # --- distributed DP -------------------------------------------------------------------------
     def _encoding(self, dim: int, frac_bits: int):

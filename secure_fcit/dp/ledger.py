@@ -87,6 +87,8 @@ class ReleasePlan:
     max_grad_norm: float
     eps_after: float
     tasks: tuple[str, ...] = (STREAM_PARTITION,)
+    #: Noised steps of the release (distributed DP: 1 per round; local Skellam DP-SGD: the round's).
+    steps: int = 1
 
     @property
     def sigma(self) -> float:
@@ -335,7 +337,8 @@ class PrivacyLedger:
 
     def plan_release(self, stage: int, round: int, n_samples: int, l2: float, l1: float, q: float,
                      planned_rounds: int | dict[str, int],
-                     tasks: tuple[str, ...] = (STREAM_PARTITION,), public: bool = True) -> ReleasePlan:
+                     tasks: tuple[str, ...] = (STREAM_PARTITION,), public: bool = True,
+                     steps: int = 1) -> ReleasePlan:
         """A distributed-DP round's Skellam variance ``mu``, from public values alone: per task, the
         smallest with which ``planned_rounds`` releases (one number, or per task) spend the budget
         from a fresh history (``dp.noise_multiplier`` fixed: mu = (sigma l2)^2); the largest over the
@@ -355,15 +358,15 @@ class PrivacyLedger:
             mu = 0.0
             for task in tasks:
                 planned = planned_rounds[task] if isinstance(planned_rounds, dict) else planned_rounds
-                derived = _public_variance(l2, l1, q, int(planned), dp.epsilon, dp.delta)
+                derived = _public_variance(l2, l1, q, int(planned) * int(steps), dp.epsilon, dp.delta)
                 if derived is None:
                     raise BudgetExhausted(self._release_exhausted(task, q))
                 mu = max(mu, derived)
-        release = SkellamRelease(mu, l2, l1, q, 1)
+        release = SkellamRelease(mu, l2, l1, q, int(steps))
         after = max(mixed_epsilon(gauss.get(t, []), [*skel.get(t, []), release], dp.delta) for t in tasks)
         if after > dp.epsilon:
             raise BudgetExhausted(self._release_exhausted(tasks[0], q, after))
-        return ReleasePlan(stage, round, mu, l2, l1, q, dp.max_grad_norm, after, tasks)
+        return ReleasePlan(stage, round, mu, l2, l1, q, dp.max_grad_norm, after, tasks, int(steps))
 
     def _release_exhausted(self, task: str, q: float, after: float | None = None) -> str:
         gauss, skel = self.task_histories(), task_releases(self.journal.entries)
@@ -379,13 +382,13 @@ class PrivacyLedger:
 
         gauss, skel = self.task_histories(), task_releases(self.journal.entries)
         for task in plan.tasks:
-            skel[task] = [*skel.get(task, []), SkellamRelease(plan.mu, plan.l2, plan.l1, plan.q, 1)]
+            skel[task] = [*skel.get(task, []), SkellamRelease(plan.mu, plan.l2, plan.l1, plan.q, plan.steps)]
         eps_rdp = max(task_epsilon(gauss.get(t, []), skel.get(t, []), self.dp.delta) for t in set(gauss) | set(skel))
         if eps_rdp > self.dp.epsilon:
             raise BudgetExhausted(self._release_exhausted(plan.tasks[0], plan.q, eps_rdp))
         return self._append({
             "time": _now(), "stage": plan.stage, "round": plan.round, "kind": SKELLAM_KIND,
-            "mu": plan.mu, "l2": plan.l2, "l1": plan.l1, "q": plan.q, "steps": 1, "C": plan.max_grad_norm,
+            "mu": plan.mu, "l2": plan.l2, "l1": plan.l1, "q": plan.q, "steps": plan.steps, "C": plan.max_grad_norm,
             "sigma": plan.sigma, "delta": self.dp.delta, "accountant": "rdp", "epsilon_max": self.dp.epsilon,
             "tasks": list(plan.tasks), "eps_rdp": _finite(eps_rdp), "eps_prv": "unavailable", **detail,
         })

@@ -171,8 +171,7 @@ def _client_report(path: Path, entries: list[dict[str, Any]], status: str,
             mismatches.append(f"entry {e['seq']}: journal says eps_rdp {journaled}, recomputed {eps:.9g}")
         rounds.append({"seq": e["seq"], "stage": e["stage"], "round": e["round"], "time": e["time"],
                        "sigma": e["sigma"], "C": e["C"], "q": e["q"], "steps": e["steps"], "eps_rdp": eps,
-                       "tasks": list(entry_tasks(e)), "mechanism": "skellam" if e["kind"] == SKELLAM_KIND
-                       else "gaussian"})
+                       "tasks": list(entry_tasks(e)), "mechanism": _mechanism(e)})
         if progress_cb:
             progress_cb()
     # PRV per task; None with a reason where the PRV accountant cannot account one of them
@@ -219,6 +218,14 @@ def _client_report(path: Path, entries: list[dict[str, Any]], status: str,
     }
 
 
+def _mechanism(entry: dict[str, Any]) -> str:
+    """gaussian (local DP-SGD), skellam-local (local DP-SGD, ``dp.noise = "skellam"``) or skellam
+    (a distributed-DP release)."""
+    if entry["kind"] != SKELLAM_KIND:
+        return "gaussian"
+    return "skellam-local" if entry.get("noise") == "skellam-local" else "skellam"
+
+
 def _run_metrics(state: Path) -> dict[str, Any] | None:
     for candidate in (state / "metrics.json", state.parent / "metrics.json"):
         if candidate.is_file():
@@ -250,7 +257,8 @@ def audit(state: Path, progress: bool = True, certs: Path | None = None) -> dict
     unknown = math.inf if failed else None
     metrics = _run_metrics(state) if state.is_dir() else None
     mechanisms = {r["mechanism"] for c in counted for r in c["rounds"]}
-    modes = [m for m, kind in (("local", "gaussian"), ("distributed", "skellam")) if kind in mechanisms]
+    modes = [m for m, kinds in (("local", {"gaussian", "skellam-local"}), ("distributed", {"skellam"}))
+             if kinds & mechanisms]
     return {
         "state": str(state),
         "accountants": {"rdp": "opacus.accountants.RDPAccountant (default orders)",

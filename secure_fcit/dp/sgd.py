@@ -43,13 +43,40 @@ __all__ = ["ChaChaDPOptimizer", "DPStepResult", "check_grad_sample", "clipped_pe
 
 
 class ChaChaDPOptimizer(DPOptimizer):
-    """Opacus' DPOptimizer with N(0, (sigma*C)^2) noise drawn from a ChaCha20 keystream."""
+    """Opacus' DPOptimizer with N(0, (sigma*C)^2) noise drawn from a ChaCha20 keystream, or with
+    ``skellam = (mu, gamma)``: integer noise, no floating-point sampler (`_add_skellam`)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, prg: ChaCha20PRG, **kwargs) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, *, prg: ChaCha20PRG,
+                 skellam: tuple[float, float] | None = None, **kwargs) -> None:
         super().__init__(optimizer, **kwargs)
         self.prg = prg
+        self.skellam = skellam
+
+    def _add_skellam(self) -> None:
+        """The slot's clipped gradient sum x (all parameters, one vector of D coordinates) becomes
+        ``(floor(gamma x + u) + Z) / gamma``: u uniform from the ChaCha20 stream (one stochastic
+        rounding), Z symmetric Skellam of variance mu per coordinate (`skellam.SkellamSampler`,
+        keyed from the same stream). What leaves the mechanism is an integer vector; dividing by
+        the power of two gamma and the optimizer after it are post-processing."""
+        from .skellam import SkellamSampler
+
+        mu, gamma = self.skellam
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+        flat = torch.cat([p.summed_grad.detach().reshape(-1).double().cpu() for p in self.params]).numpy()
+        z = np.floor(flat * gamma + self.prg.uniform(flat.size)).astype(np.int64)
+        z = z + SkellamSampler(self.prg.bytes(32)).sample(mu, int(flat.size))
+        noisy = torch.from_numpy(z.astype(np.float64) / gamma)
+        start = 0
+        for p in self.params:
+            n = p.summed_grad.numel()
+            p.grad = noisy[start:start + n].to(p.summed_grad.device, p.summed_grad.dtype).view_as(p)
+            start += n
+            _mark_as_processed(p.summed_grad)
 
     def add_noise(self) -> None:
+        if self.skellam is not None:
+            return self._add_skellam()
         std = self.noise_multiplier * self.max_grad_norm
         for p in self.params:
             _check_processed_flag(p.summed_grad)
@@ -122,12 +149,15 @@ def dp_train_steps(
     collect_sq: bool = False,
     optimizer: str = "adamw",
     divisor: float | None = None,
+    skellam: tuple[float, float] | None = None,
 ) -> DPStepResult:
     """Run ``steps`` DP-SGD steps on ``params`` (the only trainable parameters of ``model``).
 
     ``divisor``: the noisy gradient sum of a step is divided by it. Give a public constant (the
     ledger passes ``fcit.local_batch_size``) so that nothing of the mechanism depends on the
-    client's sample count; None divides by the expected batch ``sample_rate * len(samples)``."""
+    client's sample count; None divides by the expected batch ``sample_rate * len(samples)``.
+    ``skellam = (mu, gamma)``: integer Skellam noise instead of the Gaussian (``noise_multiplier``
+    is then ignored; `ChaChaDPOptimizer._add_skellam`)."""
     if noise_multiplier < 0 or max_grad_norm <= 0 or steps < 1 or not samples:
         raise PrivacyError(f"DP-SGD needs sigma >= 0, C > 0, steps >= 1 and samples (got {noise_multiplier}, "
                            f"{max_grad_norm}, {steps}, {len(samples)})")
@@ -150,7 +180,8 @@ def dp_train_steps(
     else:
         raise PrivacyError(f"unknown DP-SGD optimizer {optimizer!r} (adamw, sgd or momentum)")
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
-    opt = ChaChaDPOptimizer(base_opt, prg=prg, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+    opt = ChaChaDPOptimizer(base_opt, prg=prg, skellam=skellam, noise_multiplier=noise_multiplier,
+                            max_grad_norm=max_grad_norm,
                             expected_batch_size=expected, loss_reduction="mean")
     # ``expected_batch_size`` is used as a float divisor: the public divisor (or the expected q*n).
     sched = warmup_linear_decay(base_opt, steps)

@@ -367,7 +367,10 @@ class Worker:
                 round_id, message.cohort, vector,
                 lambda payload, encoding: self._reply(UpdateUpload, message, payload=payload, encoding=encoding),
             )
-        delta = np.asarray(self.learner.train(message.stage, message.round, slot, weights))
+        try:
+            delta = np.asarray(self.learner.train(message.stage, message.round, slot, weights))
+        except (PrivacyError, JournalError) as exc:  # a budget planned at train time: refused, nothing sent
+            return [self._reply(Refusal, message, reason=str(exc)[:1000])]
         if delta.shape != weights.shape or not np.isfinite(delta).all():
             raise LocalProtocolError(
                 f"learner returned a delta of shape {delta.shape} (want {weights.shape}) or non-finite values",

@@ -145,3 +145,43 @@ def test_noise_comes_from_the_chacha20_stream(setup):
     a, b, c = step(b"\x01" * 32), step(b"\x01" * 32), step(b"\x02" * 32)
     assert torch.equal(torch_state, torch.random.get_rng_state())
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_skellam_noise_is_integer_on_the_grid_with_the_accounted_variance(setup):
+    """dp.noise = "skellam" (Mironov 2012's floating-point attack has no float sampler to target):
+    the step's noise is an integer vector divided by gamma, with per-coordinate variance mu."""
+    slots, pad, samples = setup
+    silent = [dataclasses.replace(s, labels=torch.full_like(s.labels, -100)) for s in samples]
+    slots.load_slot(1, np.zeros(slots.slot_size, dtype=np.float32))  # the step is then -noise exactly
+    mu, gamma = 90.0, 16.0
+    with slots.training(1) as params:
+        dp_train_steps(slots.model, params, silent, noise_multiplier=0.0, max_grad_norm=1.0, sample_rate=1.0,
+                       steps=1, lr=1.0, pad_id=pad, optimizer="sgd", divisor=1.0, skellam=(mu, gamma))
+        z = -torch.cat([p.detach().reshape(-1) for p in params]).double().numpy() * gamma
+    assert np.array_equal(z, np.round(z)), "the noise is not on the 1/gamma grid"
+    d = z.size
+    stat = (d - 1) * z.var(ddof=1) / mu
+    lo, hi = stats.chi2.ppf([0.005, 0.995], d - 1)
+    assert lo < stat < hi and abs(z.mean()) < 4 * np.sqrt(mu / d)
+
+
+def test_local_skellam_rounds_are_journaled_as_skellam_releases_and_audit_clean(setup, tmp_path):
+    from secure_fcit.config import DPConfig
+    from secure_fcit.dp.client import ClientPrivacy
+    from secure_fcit.dp.report import audit
+
+    slots, pad, samples = setup
+    dp = DPConfig(enabled=True, epsilon=8.0, delta=1e-5, noise="skellam", sample_rate=0.5)
+    privacy = ClientPrivacy(tmp_path, "client-000", dp, batch_size=4, local_epochs=1.0, lr=0.1, planned_rounds=2)
+    assert privacy.refuse_reason(0, 0, len(samples)) is None
+    for r in range(2):
+        with slots.training(1) as params:
+            res = privacy.train(slots.model, params, samples, 0, r, pad)
+        assert len(res.batch_sizes) == 2  # round(local_epochs / q) steps
+    entries = [e for e in privacy.ledger.journal.entries if e["kind"] == "skellam"]
+    assert [e["steps"] for e in entries] == [2, 2] and {e["noise"] for e in entries} == {"skellam-local"}
+    privacy.close()
+    rep = audit(tmp_path, progress=False)
+    (client,) = rep["clients"]
+    assert client["mismatches"] == [] and 7.0 < client["epsilon"]["rdp"] <= 8.0
+    assert rep["dp_modes"] == ["local"] and {r["mechanism"] for r in client["rounds"]} == {"skellam-local"}

@@ -130,3 +130,12 @@ def test_an_encoding_that_could_wrap_is_refused_before_any_round(tmp_path):
     with pytest.raises(ConfigError, match=r"cohort of \d \(t = \d, c = \d, 60000 coordinates, up to 50 samples.*"
                                           r"over the per-client budget"):
         check_encoding(small, 60_000, 50)
+
+
+def test_local_skellam_noise_with_the_prv_accountant_is_refused_at_load():
+    from secure_fcit.config import DPConfig
+
+    with pytest.raises(ConfigError, match="dp.noise = 'skellam' is accounted with RDP"):
+        DPConfig(enabled=True, noise="skellam", accountant="prv")
+    with pytest.raises(ConfigError, match="dp.noise must be"):
+        DPConfig(enabled=True, noise="laplace")
