@@ -12,6 +12,7 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -143,8 +144,20 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_model(args: argparse.Namespace) -> int:
-    from .model.pretrain import PretrainSpec, ensure_embedded_model
+    from .model.pretrain import PretrainSpec, ensure_embedded_model, rebuild_embedded_model
 
+    if args.rebuild:
+        if (args.steps, args.seed) != (PretrainSpec().steps, 0):
+            raise ConfigError("--rebuild reruns the shipped default build (--steps 800 --seed 0); "
+                              "other builds are made by `model --steps N --seed S`")
+        report = rebuild_embedded_model(Path(args.out) if args.out else None)
+        print(json.dumps(report, indent=2))
+        verdict = "identical to" if report["identical"] else (
+            f"differs from (largest |difference| {report['max_abs_diff']:.3g} in {report['max_abs_diff_tensor']}, "
+            f"{report['tensors_different']} of {report['tensors']} tensors)")
+        print(f"rebuilt weights {report['rebuilt_sha256'][:16]}... {verdict} the shipped "
+              f"{report['shipped_sha256'][:16]}...")
+        return 0
     path = ensure_embedded_model(
         Path(args.cache_dir) if args.cache_dir else None, pretrain=PretrainSpec(steps=args.steps), seed=args.seed
     )
@@ -285,10 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--image-size", type=int, default=64)
     bench.set_defaults(func=_cmd_benchmark)
 
-    model = sub.add_parser("model", help="build (or find) the embedded tiny LLaVA model")
+    model = sub.add_parser("model", help="install (or find) the embedded tiny LLaVA model; --rebuild reruns its pre-training")
     model.add_argument("--cache-dir", help="cache root (default: $SECURE_FCIT_CACHE or ~/.cache/secure-fcit)")
     model.add_argument("--steps", type=int, default=800, help="pre-training steps (projector + language model stage)")
     model.add_argument("--seed", type=int, default=0)
+    model.add_argument("--rebuild", action="store_true",
+                       help="rerun the shipped default build's pre-training (about 20 min on 2 cores) and report "
+                       "its weights' digest and difference against the shipped weights")
+    model.add_argument("--out", help="with --rebuild: keep the rebuilt model in this folder")
     model.set_defaults(func=_cmd_model)
 
     sim = sub.add_parser("simulate", help="run one FCIT stream in process (DISCO or a baseline)")

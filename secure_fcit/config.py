@@ -37,11 +37,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ModelConfig:
-    #: "embedded" (the tiny LLaVA built and cached locally) or a local HF LLaVA checkpoint directory.
+    #: "embedded" (the tiny LLaVA shipped with the package, copied to the cache) or a local HF LLaVA
+    #: checkpoint directory.
     path: str = "embedded"
     #: cache directory for the embedded model and generated data ("" = $SECURE_FCIT_CACHE or ~/.cache).
     cache_dir: str = ""
-    #: seed of the embedded model's tokenizer, initialisation and pre-training.
+    #: seed of the embedded model's tokenizer, initialisation and pre-training (0 with 800
+    #: ``pretrain_steps`` is the shipped build; any other is pre-trained locally, about 20 min on 2 cores).
     seed: int = 0
     #: pre-training steps of the embedded model.
     pretrain_steps: int = 800
@@ -57,11 +59,16 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    #: "synthetic" (generated offline) or a directory holding <task>/train.json and <task>/test.jsonl.
+    #: "synthetic" (generated offline) or a directory holding <task>/train.json and <task>/test.jsonl
+    #: (or test.json); images resolve next to the JSON or in its images/ folder.
     root: str = "synthetic"
+    #: synthetic data: training samples generated per task (split across the clients).
     n_train: int = 1000
+    #: synthetic data: test questions per task (each task's test set, scored after every stage).
     n_test: int = 100
+    #: synthetic data: the generator's seed (the same seed gives byte-identical files).
     seed: int = 0
+    #: synthetic data: image side in pixels (>= 16).
     image_size: int = 64
 
     def __post_init__(self) -> None:
@@ -73,7 +80,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class LoraConfigSection:
+    #: rank of the single LoRA of the validity runs (zero-shot, upper bound, sequential fine-tuning).
     rank: int = 16
+    #: its scaling alpha (the update is scaled by alpha / rank).
     alpha: float = 32.0
     #: "mlp" (gate/up/down, the paper's choice), "attn" or "all". The embedded tiny model defaults to
     #: "all" at rank 16: measured on figure_mcq alone, "all"/16 leaves the loss plateau after ~50
@@ -91,8 +100,11 @@ class LoraConfigSection:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    #: validity runs: epochs of sequential fine-tuning per task.
     epochs: float = 10.0
+    #: validity runs: batch size (AdamW).
     batch_size: int = 32
+    #: validity runs: AdamW learning rate.
     lr: float = 3e-3
     #: Epochs of the centralized multi-task upper bound (8 tasks pooled). Measured mean at lr 3e-3:
     #: 60.8 at 5 epochs, 68.3 at 10, 53.5 at 15 (icon_qa 100 -> 24, ocr 30 -> 11;
@@ -116,7 +128,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    #: test questions answered per batch (greedy decoding).
     batch_size: int = 64
+    #: the most tokens an answer may have (capped per task at its longest reference + 2).
     max_new_tokens: int = 24
 
     def __post_init__(self) -> None:
@@ -130,8 +144,11 @@ class ScenarioConfig:
     setting: str = "hom"
     #: "task" (8 stages, one task each) or "cap" (4 stages of capability groups).
     kind: str = "task"
+    #: clients (sites) in the federation.
     n_clients: int = 50
+    #: clients drawn uniformly at random for each round's cohort.
     clients_per_round: int = 5
+    #: Dirichlet(beta) concentration of each task's quantity split over the clients (small = skewed).
     beta: float = 1.0
     #: run only the first N stages of the stream (0 = all): short demos and tests.
     max_stages: int = 0
@@ -164,32 +181,46 @@ class FCITConfig:
     #: "disco" (DKO + SSA), or a baseline on the same round machines: "finetune" (FedAvg of one
     #: LoRA), "fedprox", "ewc" (federated Fisher), "olora" (orthogonal subspace per stage).
     strategy: str = "disco"
+    #: federated rounds per stage (under distributed DP: noisy gradient steps per stage).
     rounds_per_stage: int = 5
+    #: local training per round: epochs over the client's stage data (local DP-SGD: round(E / q) steps).
     local_epochs: float = 5.0
+    #: local batch size (local DP-SGD: the public divisor of each noisy gradient sum).
     local_batch_size: int = 16
+    #: local learning rate (AdamW; local DP-SGD uses ``dp.lr`` when set).
     lr: float = 3e-3
     #: Each slot is a rank-``slot_rank`` LoRA on the language model's MLP (gate/up/down).
     slot_rank: int = 8
+    #: each slot's LoRA scaling alpha.
     slot_alpha: float = 16.0
+    #: the slots' target modules: "mlp", "attn" or "all" (as ``lora.targets``).
     slot_targets: str = "mlp"
+    #: the most LoRA slots DISCO may open over a stream (one more is refused, nothing changes).
     max_slots: int = 16
+    #: DKO: a client's identity token matches a known slot at cosine >= tau (else it is bucketed).
     tau: float = 0.9
+    #: the fewest clients a slot or bucket sum may come from before ``policy`` applies.
     k_min: int = 2
     #: Small-cohort releases (a slot or bucket summed over fewer than k_min clients): "refuse",
     #: "allow-with-dp", "allow", or "auto" (= "allow" for plaintext aggregation, "allow-with-dp"
     #: for secure sums; see ``privacy.aggregation``).
     policy: str = "auto"
+    #: DKO: SimHash buckets for unmatched identity tokens (a power of two).
     n_buckets: int = 16
     #: An unmatched token bucket opens a new slot only with this many samples behind it.
     min_open_samples: int = 10
     #: ... and at least this share of the stage's token-phase samples (0 disables; see
     #: ``fcit.dko.DKOConfig.min_open_share``).
     min_open_share: float = 0.0
+    #: SSA: softmax temperature of the routing weights over slot tokens at inference.
     ssa_temperature: float = 0.05
     #: "embedded" (the LLaVA checkpoint's own embeddings) or a local HF text-encoder directory.
     encoder: str = "embedded"
+    #: FedProx: weight of the proximal term mu/2 ||w - w_global||^2.
     fedprox_mu: float = 0.01
+    #: EWC: weight of the federated-Fisher penalty.
     ewc_lambda: float = 1.0
+    #: O-LoRA: weight of the orthogonality penalty between stage blocks.
     olora_lambda: float = 0.5
     #: FFA-LoRA (Sun et al., ICLR 2024): every slot's A stays at its public random initialisation
     #: and only B trains. Under DP it halves the noised parameters, and averaging B alone is exact
@@ -317,11 +348,14 @@ class DPConfig:
     #: at sigma <= 0.025; 475 at 0.04). Such a sigma buys no privacy anyway (one step: epsilon > 400).
     MIN_NOISE_MULTIPLIER: typing.ClassVar[float] = 0.04
 
+    #: sample-level DP on every client's releases (off: no noise, no journal).
     enabled: bool = False
     #: The hard cap (epsilon_max, delta) per client dataset, over the whole stream. With no
     #: ``noise_multiplier`` it is also the target: sigma is derived each round so that the planned
     #: participation spends exactly this budget.
     epsilon: float = 8.0
+    #: delta of the (epsilon, delta) cap, per client dataset (a client refuses a round whose task data
+    #: has n samples with delta >= 1/n).
     delta: float = 1e-5
     #: A fixed sigma instead of deriving it from the target (0 = clipping only, no privacy).
     noise_multiplier: float | None = None
@@ -353,7 +387,8 @@ class DPConfig:
     sample_rate: float = 1.0
     #: Distributed: the coordinator's step, w -= server_lr * (noisy gradient sum / noisy count).
     server_lr: float = 0.05
-    #: Distributed: the coordinator's optimizer on the decoded mean gradient: "sgd" or "momentum" (0.9).
+    #: Distributed: the coordinator's optimizer on the decoded mean gradient: "sgd", "momentum" (0.9)
+    #: or "adam" (betas 0.9, 0.999; server_lr is then Adam's step size).
     server_optimizer: str = "sgd"
     #: Distributed: each sample adds this constant in one extra coordinate, so the noisy sum carries
     #: a noisy count (the divisor) inside the same mechanism; the sensitivity is sqrt(C^2 + a^2).
@@ -394,8 +429,8 @@ class DPConfig:
             raise ConfigError(f"dp.sample_rate must be in (0, 1], got {self.sample_rate}")
         if not 0 < self.server_lr < 1000:
             raise ConfigError(f"dp.server_lr must be in (0, 1000), got {self.server_lr}")
-        if self.server_optimizer not in ("sgd", "momentum"):
-            raise ConfigError(f"dp.server_optimizer must be 'sgd' or 'momentum', got {self.server_optimizer!r}")
+        if self.server_optimizer not in ("sgd", "momentum", "adam"):
+            raise ConfigError(f"dp.server_optimizer must be 'sgd', 'momentum' or 'adam', got {self.server_optimizer!r}")
         if not 0 < self.count_scale <= self.max_grad_norm:
             raise ConfigError(f"dp.count_scale must be in (0, dp.max_grad_norm = {self.max_grad_norm:g}], "
                               f"got {self.count_scale}")
@@ -417,6 +452,7 @@ class DeployConfig:
 
     #: the server's listening address, and the address clients connect to.
     host: str = "127.0.0.1"
+    #: the server's TCP port.
     port: int = 8443
     #: folder of ``certs init|issue`` (ca.pem, server.pem/.key, clients/<id>.pem/.key).
     certs: str = ""
@@ -439,6 +475,7 @@ class DeployConfig:
     hello_timeout: float = 10.0
     #: connections one certificate (or address) may open per ``connect_window`` seconds.
     connect_rate: int = 30
+    #: the window of ``connect_rate``, in seconds.
     connect_window: float = 60.0
     #: seconds of silence before TCP keepalive probes check that a connected peer is still there.
     keepalive: float = 60.0
@@ -476,6 +513,7 @@ class Config:
     dp: DPConfig = field(default_factory=DPConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    #: the run's seed: data split, cohorts, initialisations (secrets and noise never come from it).
     seed: int = 0
 
     def _check_distributed(self) -> None:

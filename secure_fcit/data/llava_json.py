@@ -3,7 +3,7 @@
 Train files are a JSON array of ``{"id", "image", "conversations": [{"from": "human", "value":
 "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...]}``; test files are JSON lines (or a JSON
 array) of ``{"question_id", "image", "text", "answer"}`` plus ``"answer_bbox"`` for boxes. Image
-paths are relative to the JSON file's folder unless absolute. The loaders refuse a bad record with
+paths are relative to the JSON file's folder (or its ``images/`` sub-folder) unless absolute. The loaders refuse a bad record with
 a DataError naming the file and the record; they never drop one.
 """
 
@@ -34,6 +34,7 @@ __all__ = [
     "TaskFiles",
     "load_train",
     "load_test",
+    "find_test_file",
     "load_image",
     "write_task_split",
     "build_benchmark",
@@ -126,11 +127,18 @@ def _string(raw: dict[str, Any], key: str, where: str) -> str:
 
 
 def _image_path(base: Path, raw: dict[str, Any], where: str) -> Path:
+    """An absolute path as given; a relative one against the JSON's folder, then its ``images/``
+    sub-folder (LLaVA-style datasets keep ``"image": "0001.png"`` next to ``images/0001.png``)."""
     relative = _string(raw, "image", where)
-    image = Path(relative) if Path(relative).is_absolute() else base / relative
-    if not relative or not image.is_file():
-        raise DataError(f"{where}: image file {image} does not exist")
-    return image
+    if relative and Path(relative).is_absolute():
+        candidates = [Path(relative)]
+    else:
+        candidates = [base / relative, base / "images" / relative]
+    for image in candidates if relative else ():
+        if image.is_file():
+            return image
+    tried = " or ".join(str(c) for c in candidates)
+    raise DataError(f"{where}: image file {tried} does not exist")
 
 
 def _strip_image_token(value: str) -> str:
@@ -208,6 +216,17 @@ def _bbox(raw: dict[str, Any], where: str) -> tuple[float, ...] | None:
     ):
         raise DataError(f"{where}: 'answer_bbox' must be a list of 4 finite numbers, got {value!r}")
     return tuple(float(v) for v in value)
+
+
+def find_test_file(directory: str | os.PathLike[str]) -> Path:
+    """A task folder's test file: ``test.jsonl`` (JSON lines) or ``test.json`` (a JSON array);
+    DataError when neither or both are there (two test sets would be ambiguous)."""
+    directory = Path(directory)
+    found = [directory / name for name in ("test.jsonl", "test.json") if (directory / name).is_file()]
+    if len(found) != 1:
+        what = "both test.jsonl and test.json (keep one)" if found else "no test.jsonl or test.json"
+        raise DataError(f"{directory}: {what}")
+    return found[0]
 
 
 def load_test(path: str | os.PathLike[str]) -> list[TestRecord]:

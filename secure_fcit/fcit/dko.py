@@ -62,6 +62,11 @@ class DistributedStep:
     count_scale: float
     server_lr: float
     momentum: float = 0.0
+    #: Adam at the coordinator (Reddi et al. 2021, "Adaptive federated optimization"): per-coordinate
+    #: first and second moments of the decoded mean gradient, with bias correction (post-processing)
+    adam: bool = False
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
     #: the noisy count is floored here before it divides (it can come out tiny or negative)
     min_count: float = 1.0
 
@@ -329,7 +334,9 @@ class DKOOrganizer:
             signs = rotation_signs(rotation_seed(step.federation_id, stage, round, rid.attempt, j), step.padded)
             grad, count = decode_sum(blocks[j], signs, step.dim, step.count_scale)
             mean = grad / max(count, step.min_count)
-            if step.momentum:
+            if step.adam:
+                mean = self._adam_direction(slot, mean, step)
+            elif step.momentum:
                 mean = self._velocity.get(slot, np.zeros(step.dim)) * step.momentum + mean
                 self._velocity[slot] = mean
             w = self._weights[slot].astype(np.float64)
@@ -337,6 +344,20 @@ class DKOOrganizer:
             self._weights[slot] = w.astype(np.float32)
             applied.append(slot)
         return RoundOutcome(applied=tuple(applied), withheld=tuple(withheld), clients=per_slot)
+
+    def _adam_direction(self, slot: int, grad: np.ndarray, step: DistributedStep) -> np.ndarray:
+        """Adam's bias-corrected step direction for ``slot`` (its moments live in ``_velocity``:
+        first moment, second moment and the step count in one vector)."""
+        b1, b2 = step.adam_betas
+        dim = grad.size
+        state = self._velocity.get(slot)
+        if state is None or state.size != 2 * dim + 1:
+            state = np.zeros(2 * dim + 1)
+        m, v, t = state[:dim], state[dim:2 * dim], state[-1] + 1
+        m = b1 * m + (1 - b1) * grad
+        v = b2 * v + (1 - b2) * grad * grad
+        self._velocity[slot] = np.concatenate([m, v, [t]])
+        return (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + step.adam_eps)
 
     def _released_slots(self, stage: int, round: int, counts: np.ndarray, dp: bool, withheld: list[int],
                         per_slot: dict[int, int]):

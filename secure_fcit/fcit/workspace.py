@@ -95,10 +95,10 @@ class Workspace:
         return self._encoded[task]
 
     def test_records(self, task: str) -> list:
-        from ..data.llava_json import load_test
+        from ..data.llava_json import find_test_file, load_test
 
         if task not in self._test:
-            self._test[task] = load_test(self._dir(task) / "test.jsonl")
+            self._test[task] = load_test(find_test_file(self._dir(task)))
         return self._test[task]
 
     def max_new_tokens(self, task: str) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
+from transformers.utils import logging as hf_logging
 
 from ..errors import ModelError
 from .tiny import ATTN_IMPLEMENTATION
@@ -47,6 +48,9 @@ def load_llava(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     if not any(path.glob("*.safetensors")):
         raise ModelError(f"{path}: no *.safetensors weights; only safetensors checkpoints are loaded")
     try:
+        # transformers' per-tensor "Loading weights" bar: a local load takes well under a second,
+        # and the run's own bars show progress (one per phase)
+        hf_logging.disable_progress_bar()
         model = LlavaForConditionalGeneration.from_pretrained(
             path,
             attn_implementation=ATTN_IMPLEMENTATION,

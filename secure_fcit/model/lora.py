@@ -9,13 +9,14 @@ per-sample gradients through peft's embedding LoRA).
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 from peft import LoraConfig, get_peft_model
 
 from ..errors import ConfigError
 
-__all__ = ["LORA_TARGETS", "lora_target_regex", "attach_lora", "lora_parameters"]
+__all__ = ["LORA_TARGETS", "lora_target_regex", "attach_lora", "lora_parameters", "wrap_peft"]
 
 # The paper puts LoRA on the language model's MLP projections.
 LORA_TARGETS = {
@@ -30,6 +31,14 @@ def lora_target_regex(targets: str = "mlp") -> str:
         raise ConfigError(f"unknown LoRA targets {targets!r}; expected one of {', '.join(LORA_TARGETS)}")
     names = "|".join(LORA_TARGETS[targets])
     return rf".*language_model\.layers\.\d+\.(self_attn|mlp)\.({names})"
+
+
+def wrap_peft(model: torch.nn.Module, config: LoraConfig, adapter_name: str):
+    """``peft.get_peft_model``, without the FutureWarning transformers 5 raises when peft reads
+    ``is_gradient_checkpointing`` (deprecated there; peft 0.21 still reads it, harmlessly)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config, adapter_name=adapter_name)
 
 
 def attach_lora(
@@ -50,7 +59,7 @@ def attach_lora(
         target_modules=lora_target_regex(targets),
         bias="none",
     )
-    peft_model = get_peft_model(model, config, adapter_name=adapter_name)
+    peft_model = wrap_peft(model, config, adapter_name)
     hit = [n for n, _ in peft_model.named_parameters() if "lora_" in n]
     if not hit or any("vision_tower" in n for n in hit):
         raise ConfigError("LoRA must adapt the language model and only it; check the target regex")

@@ -1,8 +1,14 @@
 """Build (once) and cache the embedded default model: tokenizer + tiny LLaVA + generic pre-training.
 
-The build is deterministic for a seed and a spec, and lands in
+The build is deterministic for a seed and a spec on one machine, and lands in
 ``<cache>/models/tiny-llava-<key>/`` as a standard Hugging Face directory (config, safetensors
 weights, tokenizer, processor), so `loading.load_llava` reads it exactly like a real checkpoint.
+
+The default build (default spec, pre-training and seed 0) ships with the package
+(``secure_fcit/model/embedded/``): its weights are checked against `SHIPPED_SHA256` and copied into
+the cache instead of being rebuilt, so every machine runs the same weights (the pre-training is
+not bit-reproducible across machines: float reductions differ). `rebuild_embedded_model` reruns
+the pre-training and reports how far its weights land from the shipped ones.
 """
 
 from __future__ import annotations
@@ -21,18 +27,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import ModelError
 from .chat import collate_train, encode_sample, per_sequence_loss
 from .pretrain_data import generate_pretrain_example, pretrain_corpus
 from .tiny import TinyLlavaSpec, build_processor, build_tiny_llava
 from .tokenizer import train_tokenizer
 from .vision_pretrain import pretrain_vision_tower
 
-__all__ = ["PretrainSpec", "default_cache_dir", "embedded_model_dir", "ensure_embedded_model"]
+__all__ = ["PretrainSpec", "default_cache_dir", "embedded_model_dir", "ensure_embedded_model",
+           "rebuild_embedded_model", "SHIPPED_DIR", "SHIPPED_SHA256"]
 
 log = logging.getLogger(__name__)
 
 BUILD_VERSION = 3
 BUILD_INFO = "secure_fcit_build.json"
+#: The shipped default build and the digest of its weights (`loading.weights_sha256`).
+SHIPPED_DIR = Path(__file__).resolve().parent / "embedded"
+SHIPPED_SHA256 = "ebfd1247f3e2dc21fc01c179afbd785013839f23d8b0a3c5f9ebb65b5dcb9c56"
+SHIPPED_FILES = ("config.json", "generation_config.json", "model.safetensors", "processor_config.json",
+                 "tokenizer.json", "tokenizer_config.json", BUILD_INFO)
 
 
 @dataclass(frozen=True)
@@ -92,17 +105,22 @@ def ensure_embedded_model(
     seed: int = 0,
     progress: bool = True,
 ) -> Path:
-    """Return the cached embedded model directory, building it first if absent."""
+    """Return the cached embedded model directory; if absent, install the shipped build (the
+    default spec, pre-training and seed) or build it (any other)."""
     spec = spec or TinyLlavaSpec()
     pretrain = pretrain or PretrainSpec()
     target = embedded_model_dir(cache_dir, spec, pretrain, seed)
     if (target / BUILD_INFO).is_file():
         return target
+    shipped = (spec, pretrain, seed) == (TinyLlavaSpec(), PretrainSpec(), 0)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     try:
-        info = _build(tmp, spec, pretrain, seed, progress)
-        (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
+        if shipped:
+            _install_shipped(tmp)
+        else:
+            info = _build(tmp, spec, pretrain, seed, progress)
+            (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
         try:
             tmp.rename(target)
         except OSError:
@@ -112,6 +130,54 @@ def ensure_embedded_model(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _install_shipped(out: Path) -> None:
+    """Copy the shipped default build into ``out`` after checking its weights' digest."""
+    from .loading import weights_sha256
+
+    missing = [name for name in SHIPPED_FILES if not (SHIPPED_DIR / name).is_file()]
+    if missing:
+        raise ModelError(f"the shipped embedded model in {SHIPPED_DIR} lacks {', '.join(missing)}: reinstall the "
+                         "package (a git checkout: `git checkout secure_fcit/model/embedded`)")
+    digest = weights_sha256(SHIPPED_DIR)
+    if digest != SHIPPED_SHA256:
+        raise ModelError(f"the shipped embedded model in {SHIPPED_DIR} has weights digest {digest}, not the "
+                         f"pinned {SHIPPED_SHA256}: the package was modified; reinstall it")
+    for name in SHIPPED_FILES:
+        shutil.copyfile(SHIPPED_DIR / name, out / name)
+    if weights_sha256(out) != SHIPPED_SHA256:
+        raise ModelError(f"copying the shipped embedded model to {out} changed its weights")
+
+
+def rebuild_embedded_model(out: Path | None = None, progress: bool = True) -> dict:
+    """Rerun the default build's deterministic pre-training (into ``out``, else a temporary
+    folder that is removed) and compare its weights with the shipped ones: the digests and, per
+    tensor, the largest absolute difference."""
+    from safetensors.torch import load_file
+
+    from .loading import weights_sha256
+
+    keep = out is not None
+    folder = Path(out) if keep else Path(tempfile.mkdtemp(prefix="secure-fcit-rebuild-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        info = _build(folder, TinyLlavaSpec(), PretrainSpec(), 0, progress)
+        (folder / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
+        digest = weights_sha256(folder)
+        ours, ref = load_file(folder / "model.safetensors"), load_file(SHIPPED_DIR / "model.safetensors")
+        if set(ours) != set(ref):
+            raise ModelError(f"the rebuilt model's tensors differ from the shipped ones: "
+                             f"{sorted(set(ours) ^ set(ref))[:5]}")
+        diffs = {k: float((ours[k].double() - ref[k].double()).abs().max()) for k in sorted(ref)}
+        worst = max(diffs, key=diffs.get)
+        return {"rebuilt_sha256": digest, "shipped_sha256": SHIPPED_SHA256, "identical": digest == SHIPPED_SHA256,
+                "tensors": len(diffs), "tensors_different": sum(v > 0 for v in diffs.values()),
+                "max_abs_diff": diffs[worst], "max_abs_diff_tensor": worst, "seconds": info["seconds"],
+                "kept": str(folder) if keep else None}
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _build(out: Path, spec: TinyLlavaSpec, pre: PretrainSpec, seed: int, progress: bool) -> dict:

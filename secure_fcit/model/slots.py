@@ -23,12 +23,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 
 from ..errors import ConfigError
 from .chat import model_device
-from .lora import lora_target_regex
+from .lora import lora_target_regex, wrap_peft
 
 __all__ = ["SlotLoRA", "ssa_weights", "slot_name"]
 
@@ -58,7 +58,7 @@ class SlotLoRA:
         self.rank, self.alpha, self.max_slots = rank, alpha, max_slots
         self._config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
                                   target_modules=lora_target_regex(targets), bias="none")
-        self.model = get_peft_model(model, self._config, adapter_name=slot_name(0))
+        self.model = wrap_peft(model, self._config, slot_name(0))
         self._slots = [0]
         self._names = {0: self._param_names(0)}
         self.slot_size = sum(p.numel() for p in self._params(0))

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from transformers import (
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
@@ -68,7 +68,9 @@ class TinyLlavaSpec:
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast, spec: TinyLlavaSpec) -> LlavaProcessor:
-    image_processor = CLIPImageProcessor(
+    # The PIL backend (what transformers < 5 called CLIPImageProcessor): no torchvision needed, and
+    # no fallback warning on every load.
+    image_processor = CLIPImageProcessorPil(
         do_resize=True,
         size={"height": spec.image_size, "width": spec.image_size},
         do_center_crop=False,

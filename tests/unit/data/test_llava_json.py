@@ -19,6 +19,7 @@ from secure_fcit.data import (
     task_rng,
     write_task_split,
 )
+from secure_fcit.data.llava_json import find_test_file
 from secure_fcit.errors import ConfigError, DataError
 
 # --- the synthetic writer --------------------------------------------------------------------------
@@ -306,3 +307,24 @@ def test_load_image_refuses_unreadable_files(folder: Path) -> None:
         load_image(folder / "text.png")
     with pytest.raises(DataError, match=r"missing\.png: cannot read the image"):
         load_image(folder / "missing.png")
+
+
+def test_images_resolve_next_to_the_json_and_in_its_images_folder(folder: Path) -> None:
+    # LLaVA-style datasets write "image": "0001.png" and keep the file in images/0001.png
+    (folder / "images").mkdir()
+    Image.new("RGB", (8, 8), (4, 5, 6)).save(folder / "images" / "0001.png")
+    first, second = load_train(_write(folder, [_record("a", "img.png"), _record("b", "0001.png")]))
+    assert first.image == folder / "img.png" and second.image == folder / "images" / "0001.png"
+    with pytest.raises(DataError, match=r"image file .*missing\.png or .*images/missing\.png does not exist"):
+        load_train(_write(folder, [_record("c", "missing.png")]))
+
+
+def test_a_task_folder_holds_test_jsonl_or_test_json_but_not_both(folder: Path) -> None:
+    with pytest.raises(DataError, match="no test.jsonl or test.json"):
+        find_test_file(folder)
+    _write(folder, json.dumps([_test_line()]), "test.json")
+    assert find_test_file(folder) == folder / "test.json"
+    assert [r.question_id for r in load_test(find_test_file(folder))] == ["q0"]
+    _write(folder, json.dumps(_test_line()), "test.jsonl")
+    with pytest.raises(DataError, match="both test.jsonl and test.json"):
+        find_test_file(folder)

@@ -131,3 +131,55 @@ def test_cached_build_is_reused(micro_spec, micro_model_dir):
         pretrain=PretrainSpec(steps=8, batch_size=8, n_examples=64, vision_steps=4, vision_batch_size=8), seed=0, progress=False,
     )
     assert again == micro_model_dir
+
+
+def test_the_default_build_is_installed_from_the_shipped_weights_with_their_pinned_digest(tmp_path, monkeypatch):
+    # issue 23: every machine runs the same embedded weights. An empty cache gets the shipped copy
+    # (checked against SHIPPED_SHA256, no pre-training), loads as a LLaVA model, and a shipped copy
+    # whose bytes were changed is refused, never copied.
+    from secure_fcit.model import pretrain
+    from secure_fcit.model.loading import load_llava
+
+    assert weights_sha256(pretrain.SHIPPED_DIR) == pretrain.SHIPPED_SHA256
+    monkeypatch.setattr(pretrain, "_build", lambda *a, **k: pytest.fail("the default build must not pre-train"))
+    got = ensure_embedded_model(tmp_path / "cache", progress=False)
+    assert weights_sha256(got) == pretrain.SHIPPED_SHA256
+    assert sorted(p.name for p in got.iterdir()) == sorted(pretrain.SHIPPED_FILES)
+    model, processor = load_llava(got)
+    assert type(model).__name__ == "LlavaForConditionalGeneration" and processor.tokenizer.vocab_size > 0
+
+    forged = tmp_path / "forged"
+    shutil.copytree(pretrain.SHIPPED_DIR, forged)
+    blob = bytearray((forged / "model.safetensors").read_bytes())
+    blob[-1] ^= 1
+    (forged / "model.safetensors").write_bytes(bytes(blob))
+    monkeypatch.setattr(pretrain, "SHIPPED_DIR", forged)
+    with pytest.raises(ModelError, match="the package was modified"):
+        ensure_embedded_model(tmp_path / "cache2", progress=False)
+    assert not any((tmp_path / "cache2" / "models").iterdir())  # nothing half-installed
+
+
+def test_rebuild_reports_the_digest_and_the_largest_difference_against_the_shipped_weights(tmp_path, monkeypatch):
+    # `model --rebuild` reruns the pre-training (here replaced by a copy of the shipped weights
+    # with one tensor nudged, as a rebuild on other hardware lands) and reports what differs.
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from secure_fcit.model import pretrain
+
+    def fake_build(out, spec, pre, seed, progress):
+        for name in pretrain.SHIPPED_FILES:
+            shutil.copyfile(pretrain.SHIPPED_DIR / name, out / name)
+        tensors = load_file(out / "model.safetensors")
+        key = sorted(tensors)[3]
+        tensors[key] = tensors[key] + 1e-3 * torch.ones_like(tensors[key])
+        save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+        fake_build.key = key
+        return {"seconds": 0.0}
+
+    monkeypatch.setattr(pretrain, "_build", fake_build)
+    report = pretrain.rebuild_embedded_model(tmp_path / "rebuilt", progress=False)
+    assert not report["identical"] and report["shipped_sha256"] == pretrain.SHIPPED_SHA256
+    assert report["max_abs_diff_tensor"] == fake_build.key and report["tensors_different"] == 1
+    assert report["max_abs_diff"] == pytest.approx(1e-3, rel=1e-2)
+    assert report["rebuilt_sha256"] == weights_sha256(tmp_path / "rebuilt")
