@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from secure_fcit.config import load_config, parse_sets
 from secure_fcit.fcit.dko import DKOOrganizer
-from secure_fcit.fcit.simulate import _stream_tasks, in_memory_federation, scenario_for
+from secure_fcit.fcit.simulate import in_memory_federation, scenario_for, stream_tasks
 from secure_fcit.fcit.workspace import prepare_workspace
 from secure_fcit.model.encoder import load_encoder, mean_token
 from secure_fcit.protocols import run_federation
@@ -122,7 +122,7 @@ def main() -> int:
                                   {**overrides, "fcit.strategy": "disco", "scenario.beta": beta, "seed": seed})
                 kind = cfg.scenario.kind
                 if kind not in ws_cache:
-                    ws_cache[kind] = prepare_workspace(cfg, _stream_tasks(kind), progress=False)
+                    ws_cache[kind] = prepare_workspace(cfg, stream_tasks(cfg), progress=False)
                 ws = ws_cache[kind]
                 if encoder is None:
                     encoder = load_encoder(cfg.fcit.encoder, ws.model_dir)

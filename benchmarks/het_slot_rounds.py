@@ -35,7 +35,6 @@ from secure_fcit.errors import ConfigError
 from secure_fcit.fcit.simulate import (
     _evaluator,
     _learners,
-    _stream_tasks,
     build_organizer,
     build_slots,
     client_id,
@@ -43,6 +42,7 @@ from secure_fcit.fcit.simulate import (
     in_memory_federation,
     scenario_for,
     slot_layout,
+    stream_tasks,
 )
 from secure_fcit.fcit.workspace import prepare_workspace
 from secure_fcit.model.encoder import load_encoder
@@ -163,10 +163,10 @@ def main() -> int:
     if base.dp.enabled:
         raise ConfigError("run this benchmark without DP (dp.enabled = false): it measures non-private local training")
     kind = base.scenario.kind
-    if args.task not in _stream_tasks(kind):
-        raise ConfigError(f"unknown task {args.task!r} for the {kind} streams; one of {', '.join(_stream_tasks(kind))}")
+    if args.task not in stream_tasks(base):
+        raise ConfigError(f"unknown task {args.task!r} for the {kind} streams; one of {', '.join(stream_tasks(base))}")
     out = Path(args.out or f"benchmarks/results/het_slot_rounds/{args.task}-b{args.beta:g}-s{args.seed}.json")
-    ws = prepare_workspace(base, _stream_tasks(kind), progress=not args.no_progress)
+    ws = prepare_workspace(base, stream_tasks(base), progress=not args.no_progress)
     full = scenario_for(base, ws)
     stream, original = task_stream(full, args.task)
     model, _ = ws.base_model()

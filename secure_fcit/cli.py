@@ -54,7 +54,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     dp = cfg.dp
     where = "in process" if args.in_process else "over mutual TLS 1.3 on loopback"
     print(f"secure-fcit demo: {cfg.fcit.strategy} federation on {cfg.scenario.setting}-{cfg.scenario.kind} {where}, "
-          f"{cfg.scenario.n_clients} clients, DP-SGD per client (epsilon_max {dp.epsilon:g}, delta {dp.delta:g}), "
+          f"{cfg.scenario.n_clients} clients, {'distributed DP' if dp.mode == 'distributed' else 'DP-SGD per client'} "
+          f"(epsilon_max {dp.epsilon:g}, delta {dp.delta:g} per client), "
           f"{cfg.privacy.aggregation} aggregation")
     # A fresh folder per run: the clients' ledgers in an old one would carry their spend over.
     out = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")

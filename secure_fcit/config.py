@@ -447,6 +447,60 @@ class DPConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    """Your own tasks and their order (``data.root`` folders); empty: the benchmark's stream."""
+
+    #: The stages in order. ``scenario.setting = "hom"``: each stage is a task folder name, or a list
+    #: of them, that every client learns. "het": each stage is a list of ``scenario.clients_per_round``
+    #: entries, entry p what client group p learns (a task name or a list). Tasks may return in later
+    #: stages. Empty: the synthetic benchmark's stream of ``scenario.setting`` and ``scenario.kind``.
+    stages: list = field(default_factory=list)
+    #: The scoring of each task outside the synthetic benchmark: "exact" (normalised exact match),
+    #: "option" (multiple-choice letter), "caption" (ROUGE-L) or "iou" (box IoU > 0.5).
+    metrics: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from .data.spec import METRICS
+
+        if not isinstance(self.stages, list | tuple):
+            raise ConfigError(f"stream.stages must be a list of stages, got {self.stages!r}")
+        for t, stage in enumerate(self.stages):
+            for entry in stage if isinstance(stage, list | tuple) else [stage]:
+                names = entry if isinstance(entry, list | tuple) else [entry]
+                if not names or not all(isinstance(n, str) and n.strip() and "/" not in n for n in names):
+                    raise ConfigError(f"stream.stages[{t}]: {stage!r} must name task folders (non-empty strings "
+                                      "without '/'), one per entry or a list per entry")
+        if not isinstance(self.metrics, dict):
+            raise ConfigError(f"stream.metrics must be a table of task = metric, got {self.metrics!r}")
+        for task, metric in self.metrics.items():
+            if metric not in METRICS:
+                raise ConfigError(f"stream.metrics.{task} = {metric!r}: valid metrics are {', '.join(METRICS)}")
+
+    def plans(self, setting: str, clients_per_round: int) -> list[tuple[tuple[str, ...], ...]]:
+        """Per stage, the tasks of each client group (Hom: one group of every client)."""
+        plans = []
+        for t, stage in enumerate(self.stages):
+            if setting == "hom":
+                names = stage if isinstance(stage, list | tuple) else [stage]
+                unit = tuple(dict.fromkeys(n for e in names for n in (e if isinstance(e, list | tuple) else [e])))
+                plans.append((unit,))
+                continue
+            if not isinstance(stage, list | tuple) or len(stage) != clients_per_round:
+                raise ConfigError(f"stream.stages[{t}]: a het stage lists one entry per client group, "
+                                  f"{clients_per_round} (scenario.clients_per_round); got {stage!r}")
+            plans.append(tuple(tuple(e) if isinstance(e, list | tuple) else (e,) for e in stage))
+        return plans
+
+    def tasks(self) -> tuple[str, ...]:
+        """Every task of the stream in order of first appearance."""
+        out: dict[str, None] = {}
+        for stage in self.stages:
+            for entry in stage if isinstance(stage, list | tuple) else [stage]:
+                out.update(dict.fromkeys(entry if isinstance(entry, list | tuple) else [entry]))
+        return tuple(out)
+
+
+@dataclass(frozen=True)
 class DeployConfig:
     """``python -m secure_fcit.server`` / ``.client`` over mutual TLS 1.3 (see ``secure_fcit.deploy``)."""
 
@@ -513,6 +567,7 @@ class Config:
     dp: DPConfig = field(default_factory=DPConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     #: the run's seed: data split, cohorts, initialisations (secrets and noise never come from it).
     seed: int = 0
 
@@ -552,6 +607,8 @@ class Config:
                 self.privacy.ckks().check_cohort(sc.n_clients)
             except ConfigError as exc:
                 raise ConfigError(f"privacy (scenario.n_clients = {sc.n_clients}): {exc}") from None
+        if self.stream.stages:
+            self.stream.plans(sc.setting, sc.clients_per_round)  # a het stage's entries match the groups
         self.fcit.dko(self.privacy.aggregation)
         if self.dp.enabled and self.dp.mode == "distributed":
             self._check_distributed()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -150,14 +150,29 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 
 
 def _stage_plans(
-    setting: str, kind: str, n_clients: int, clients_per_round: int
+    setting: str, kind: str, n_clients: int, clients_per_round: int,
+    plans: Sequence[tuple[tuple[str, ...], ...]] | None = None,
 ) -> tuple[tuple[tuple[int, ...], ...], list[tuple[tuple[str, ...], ...]]]:
-    """The client groups and, per stage, the tasks each group learns."""
-    units = tuple((name,) for name in TASK_ORDER) if kind == "task" else CAPABILITY_GROUPS
-    if setting == "hom":
-        return (tuple(range(n_clients)),), [(unit,) for unit in units]
-    schedule = HET_TASK_SCHEDULE if kind == "task" else HET_CAP_SCHEDULE
-    slots = len(schedule[0])
+    """The client groups and, per stage, the tasks each group learns (the benchmark's schedules,
+    or ``plans``: per stage, the tasks of each group; Hom has one group of every client)."""
+    if plans is not None:
+        plans = [tuple(tuple(unit) for unit in plan) for plan in plans]
+        if not plans:
+            raise ConfigError("a custom stream needs at least one stage")
+        if setting == "hom":
+            if any(len(plan) != 1 for plan in plans):
+                raise ConfigError("a hom stream's stage is one list of tasks that every client learns")
+            return (tuple(range(n_clients)),), plans
+        slots = clients_per_round
+        if any(len(plan) != slots for plan in plans):
+            raise ConfigError(f"a het stream's stages each list {slots} group entries (clients_per_round)")
+    else:
+        units = tuple((name,) for name in TASK_ORDER) if kind == "task" else CAPABILITY_GROUPS
+        if setting == "hom":
+            return (tuple(range(n_clients)),), [(unit,) for unit in units]
+        schedule = HET_TASK_SCHEDULE if kind == "task" else HET_CAP_SCHEDULE
+        plans = [tuple(units[i] for i in row) for row in schedule]
+        slots = len(schedule[0])
     if clients_per_round != slots:
         raise ConfigError(
             f"het-{kind} schedules have {slots} slots per stage; clients_per_round must be {slots}"
@@ -168,7 +183,7 @@ def _stage_plans(
         )
     size = n_clients // clients_per_round
     groups = tuple(tuple(range(p * size, (p + 1) * size)) for p in range(clients_per_round))
-    return groups, [tuple(units[i] for i in row) for row in schedule]
+    return groups, plans
 
 
 def build_scenario(
@@ -179,8 +194,11 @@ def build_scenario(
     clients_per_round: int = 5,
     beta: float = 1.0,
     seed: int = 0,
+    plans: Sequence[tuple[tuple[str, ...], ...]] | None = None,
 ) -> Scenario:
-    """Build one of the four scenarios, splitting every task of a stage by Dirichlet(beta).
+    """Build one of the four scenarios, splitting every task of a stage by Dirichlet(beta); with
+    ``plans`` (per stage, the tasks of each client group: `config.StreamConfig.plans`) a custom
+    stream of any tasks in the same setting.
 
     A task learned in a stage is split over the union of the clients of every group learning it;
     it uses its whole train set (``train_sizes[task]`` samples) in every stage it appears in.
@@ -196,7 +214,7 @@ def build_scenario(
         raise ConfigError(f"clients_per_round ({clients_per_round}) exceeds n_clients ({n_clients})")
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta <= 0:
         raise ConfigError(f"beta must be a finite number > 0, got {beta!r}")
-    groups, plans = _stage_plans(setting, kind, n_clients, clients_per_round)
+    groups, plans = _stage_plans(setting, kind, n_clients, clients_per_round, plans)
     needed = dict.fromkeys(task for plan in plans for unit in plan for task in unit)
     missing = [task for task in needed if task not in train_sizes]
     if missing:

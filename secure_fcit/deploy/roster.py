@@ -131,13 +131,13 @@ def load_roster(path: str | Path, config: Config | None = None) -> Roster:
 
 def prepare_federation(config: Config, out: str | Path, progress: bool = True) -> tuple[Roster, dict[str, Path]]:
     """Write the roster and every client's data folders under ``out`` (see module docstring)."""
-    from ..fcit.simulate import _stream_tasks, scenario_for
+    from ..fcit.simulate import scenario_for, stream_tasks
     from ..fcit.workspace import prepare_workspace
 
     out = Path(out)
     if (out / ROSTER_FILE).exists():
         raise ConfigError(f"{out / ROSTER_FILE} exists; prepare into a new folder (nothing is overwritten)")
-    ws = prepare_workspace(config, _stream_tasks(config.scenario.kind), progress=progress)
+    ws = prepare_workspace(config, stream_tasks(config), progress=progress)
     scenario = scenario_for(config, ws)
     folders: dict[str, Path] = {}
     for stage in scenario.stages:

@@ -399,10 +399,10 @@ class FederationServer:
             self.matrix.append([])
             return
         if self._evaluator is None:
-            from ..fcit.simulate import _evaluator, _stream_tasks
+            from ..fcit.simulate import _evaluator, stream_tasks
             from ..fcit.workspace import prepare_workspace
 
-            ws = prepare_workspace(self.config, _stream_tasks(self.config.scenario.kind), progress=False)
+            ws = prepare_workspace(self.config, stream_tasks(self.config), progress=False)
             self._evaluator = _evaluator(self.config, ws, self.slots, self.encoder)
         stage_tasks = self.roster.stage_tasks
         seen = list(dict.fromkeys(t for tasks in stage_tasks[: done + 1] for t in tasks))

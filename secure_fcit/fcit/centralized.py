@@ -10,10 +10,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..data.tasks import get_task
 from ..model.train import TrainSpec, train_steps
 from .metrics import summarize
-from .workspace import Workspace
+from .workspace import Workspace, task_metric
 
 __all__ = ["RunResult", "zero_shot", "multitask_upper_bound", "sequential_finetune"]
 
@@ -34,7 +33,7 @@ def _train_spec(ws: Workspace, epochs: float | None = None, lr: float | None = N
 
 
 def _eval_all(ws: Workspace, model, tasks: Sequence[str], progress: bool) -> dict[str, float]:
-    return {t: ws.evaluate(model, t, get_task(t).metric, progress=progress).score for t in tasks}
+    return {t: ws.evaluate(model, t, task_metric(ws.config, t), progress=progress).score for t in tasks}
 
 
 def zero_shot(ws: Workspace, tasks: Sequence[str], progress: bool = True) -> RunResult:

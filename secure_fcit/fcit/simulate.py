@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data.schedule import CAPABILITY_GROUPS, TASK_ORDER, Scenario, build_scenario
-from ..data.tasks import get_task
 from ..dp.client import ClientPrivacy, planned_by_task, planned_rounds
 from ..errors import ConfigError
 from ..model.encoder import load_encoder
@@ -43,7 +42,7 @@ from .metrics import summarize
 from .organizers import EWC_PARTS, EWCOrganizer, SharedSlotOrganizer
 from .report import matrix_markdown, plot_matrix
 from .ssa import evaluate_routed
-from .workspace import Workspace, describe_device, prepare_workspace
+from .workspace import Workspace, describe_device, prepare_workspace, task_metric
 
 __all__ = [
     "SimulationResult", "run_simulation", "write_simulation", "scenario_for", "slot_layout",
@@ -101,15 +100,21 @@ def stream_shortfalls(events: list[dict[str, Any]]) -> list[str]:
 
 def scenario_for(config: Config, ws: Workspace) -> Scenario:
     sc = config.scenario
-    tasks = _stream_tasks(sc.kind)
+    tasks = stream_tasks(config)
     sizes = {t: len(ws.train_records(t)) for t in tasks}
-    scenario = build_scenario(sc.setting, sc.kind, sizes, sc.n_clients, sc.clients_per_round, sc.beta, config.seed)
+    plans = config.stream.plans(sc.setting, sc.clients_per_round) if config.stream.stages else None
+    scenario = build_scenario(sc.setting, sc.kind, sizes, sc.n_clients, sc.clients_per_round, sc.beta, config.seed,
+                              plans=plans)
     if sc.max_stages and sc.max_stages < len(scenario.stages):
         scenario = replace(scenario, stages=scenario.stages[: sc.max_stages])
     return scenario
 
 
-def _stream_tasks(kind: str) -> tuple[str, ...]:
+def stream_tasks(config: Config) -> tuple[str, ...]:
+    """Every task of the run's stream: the config's ``[stream]``, else the benchmark's."""
+    if config.stream.stages:
+        return config.stream.tasks()
+    kind = config.scenario.kind
     return TASK_ORDER if kind == "task" else tuple(t for group in CAPABILITY_GROUPS for t in group)
 
 
@@ -256,7 +261,7 @@ def _evaluator(config: Config, ws: Workspace, slots: SlotLoRA, encoder) -> Calla
         scores = {}
         for task in tasks:
             res = evaluate_routed(
-                slots, ws.processor, encoder, state["tokens"], ids, ws.test_records(task), get_task(task).metric,
+                slots, ws.processor, encoder, state["tokens"], ids, ws.test_records(task), task_metric(config, task),
                 max_new_tokens=ws.max_new_tokens(task), batch_size=config.eval.batch_size,
                 temperature=config.fcit.ssa_temperature,
             )
@@ -281,7 +286,7 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
         raise ConfigError("dp.enabled needs a folder for the clients' spend journals (privacy_dir)")
     t0 = time.perf_counter()
     sc, fc = config.scenario, config.fcit
-    ws = prepare_workspace(config, _stream_tasks(sc.kind), progress=progress)
+    ws = prepare_workspace(config, stream_tasks(config), progress=progress)
     scenario = scenario_for(config, ws)
     n_stages = len(scenario.stages)
     model, _ = ws.base_model()

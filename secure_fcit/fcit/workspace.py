@@ -21,7 +21,7 @@ from ..model.lora import attach_lora
 from ..model.pretrain import PretrainSpec, default_cache_dir, ensure_embedded_model
 from .evaluate import TaskEval, encode_train_records, evaluate_records
 
-__all__ = ["Workspace", "prepare_workspace", "resolve_device", "describe_device"]
+__all__ = ["Workspace", "prepare_workspace", "resolve_device", "describe_device", "task_metric"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,21 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def task_metric(config: Config, task: str) -> str:
+    """How ``task`` is scored: ``stream.metrics``, else the synthetic benchmark's task spec."""
+    if task in config.stream.metrics:
+        return config.stream.metrics[task]
+    from ..data.tasks import get_task
+
+    try:
+        return get_task(task).metric
+    except ConfigError:
+        from ..data.spec import METRICS
+
+        raise ConfigError(f"task {task!r} is not a benchmark task: give its metric in the config, "
+                          f"[stream] metrics = {{ {task} = \"exact\" }} (one of {', '.join(METRICS)})") from None
 
 
 @dataclass

@@ -193,3 +193,27 @@ def test_bad_arguments_raise_config_error(args: tuple, kwargs: dict, message: st
     sizes = kwargs.pop("sizes", SIZES)
     with pytest.raises(ConfigError, match=message):
         build_scenario(*args, sizes, **kwargs)
+
+
+def test_a_custom_stream_of_any_task_names_for_hom_and_het() -> None:
+    # issue 23: [stream] stages with the user's own task folders (config.StreamConfig.plans)
+    from secure_fcit.config import config_from_dict
+
+    hom = config_from_dict({"privacy": {"aggregation": "plaintext"}, "scenario": {"n_clients": 4, "clients_per_round": 2},
+                            "stream": {"stages": ["colors", ["sizes", "colors"]]}})
+    plans = hom.stream.plans("hom", 2)
+    sc = build_scenario("hom", "task", {"colors": 20, "sizes": 9}, 4, 2, 1.0, 0, plans=plans)
+    assert [s.tasks for s in sc.stages] == [("colors",), ("sizes", "colors")]
+    assert sc.tasks == ("colors", "sizes")
+    assert sum(len(idx) for c in sc.stages[1].client_data.values() for t, idx in c if t == "sizes") == 9
+    het = config_from_dict({"privacy": {"aggregation": "plaintext"}, "scenario": {"setting": "het", "n_clients": 4, "clients_per_round": 2},
+                            "stream": {"stages": [["colors", "sizes"], ["sizes", ["colors", "sizes"]]]}})
+    sc = build_scenario("het", "task", {"colors": 20, "sizes": 9}, 4, 2, 1.0, 0,
+                        plans=het.stream.plans("het", 2))
+    assert sc.stages[1].group_tasks == (("sizes",), ("colors", "sizes"))
+    assert sorted(sc.stages[0].client_data) == [0, 1, 2, 3]
+    with pytest.raises(ConfigError, match=r"one entry per client group, 2"):
+        config_from_dict({"privacy": {"aggregation": "plaintext"}, "scenario": {"setting": "het", "n_clients": 4, "clients_per_round": 2},
+                          "stream": {"stages": [["colors"]]}})
+    with pytest.raises(ConfigError, match="must name task folders"):
+        config_from_dict({"stream": {"stages": [["../etc"]]}})
