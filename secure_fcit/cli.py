@@ -252,22 +252,36 @@ def _cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .data.llava_json import load_image
-    from .fcit.predict import load_state, predict
+    from .fcit.predict import predict
+
+    model_dir = _state_model_dir(args.state, args.model)
+    answers = predict(args.state, model_dir, [(load_image(Path(args.image)), args.question)],
+                      max_new_tokens=args.max_new_tokens, slot=args.slot)
+    print(answers[0])
+    return 0
+
+
+def _state_model_dir(state: str, model: str | None) -> Path:
+    """``--model``, else the model the state was trained on, as its run's config named it."""
+    from .fcit.predict import load_state
     from .model.pretrain import PretrainSpec, default_cache_dir, ensure_embedded_model
 
-    if args.model:
-        model_dir = Path(args.model)
-    else:  # the model the state was trained on, as its run's config named it
-        mc = load_state(args.state)["meta"].get("model", {})
-        if mc.get("path", "embedded") == "embedded":
-            cache = Path(mc["cache_dir"]) if mc.get("cache_dir") else default_cache_dir()
-            model_dir = ensure_embedded_model(cache, pretrain=PretrainSpec(steps=mc.get("pretrain_steps", 800)),
-                                              seed=mc.get("seed", 0))
-        else:
-            model_dir = Path(mc["path"])
-    answers = predict(args.state, model_dir, [(load_image(Path(args.image)), args.question)],
-                      max_new_tokens=args.max_new_tokens)
-    print(answers[0])
+    if model:
+        return Path(model)
+    mc = load_state(state)["meta"].get("model", {})
+    if mc.get("path", "embedded") == "embedded":
+        cache = Path(mc["cache_dir"]) if mc.get("cache_dir") else default_cache_dir()
+        return ensure_embedded_model(cache, pretrain=PretrainSpec(steps=mc.get("pretrain_steps", 800)),
+                                     seed=mc.get("seed", 0))
+    return Path(mc["path"])
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .fcit.export import export_state
+
+    routing = export_state(args.state, _state_model_dir(args.state, args.model), args.out)
+    print(f"wrote {len(routing['slots'])} PEFT LoRA adapters ({', '.join(routing['slots'])}) and routing.json "
+          f"to {args.out}; load one with peft.PeftModel.from_pretrained(base, '{args.out}/slot-0')")
     return 0
 
 
@@ -391,7 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--question", required=True, help="the instruction, without <image>")
     pred.add_argument("--model", help="LLaVA model directory (default: the embedded model)")
     pred.add_argument("--max-new-tokens", type=int, default=24)
+    pred.add_argument("--slot", type=int, help="answer with this slot alone (SSA routing off)")
     pred.set_defaults(func=_cmd_predict)
+
+    exp = sub.add_parser("export", help="write a state's slots as standard PEFT LoRA adapters, plus tokens and routing")
+    exp.add_argument("--state", required=True, help="a run's state/ directory")
+    exp.add_argument("--out", required=True, help="a new folder: slot-<k>/ adapters and routing.json")
+    exp.add_argument("--model", help="LLaVA model directory (default: the model the state was trained on)")
+    exp.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -51,8 +51,9 @@ def load_state(state_dir: str | Path) -> dict:
 
 
 def predict(state_dir: str | Path, model_dir: str | Path, items: Sequence[tuple[object, str]],
-            max_new_tokens: int = 24, encoder: str | None = None) -> list[str]:
-    """Greedy SSA-routed answers for (PIL image, instruction) pairs."""
+            max_new_tokens: int = 24, encoder: str | None = None, slot: int | None = None) -> list[str]:
+    """Greedy SSA-routed answers for (PIL image, instruction) pairs; with ``slot``, that slot
+    alone answers (routing off: its weight is 1)."""
     state = load_state(state_dir)
     model, processor = load_llava(model_dir)
     slots = build_slots(model, state["layout"])
@@ -64,6 +65,11 @@ def predict(state_dir: str | Path, model_dir: str | Path, items: Sequence[tuple[
     ids = list(range(state["slots"].shape[0]))
     for s in ids:
         slots.load_slot(s, state["slots"][s])
+    tokens = state["tokens"]
+    if slot is not None:
+        if not 0 <= slot < len(ids):
+            raise ConfigError(f"slot {slot} is not in this state (slots 0..{len(ids) - 1})")
+        ids, tokens = [slot], tokens[slot : slot + 1]
     enc = load_encoder(encoder or state["meta"].get("encoder", "embedded"), model_dir)
-    return routed_answers(slots, processor, enc, state["tokens"], ids, items, max_new_tokens=max_new_tokens,
+    return routed_answers(slots, processor, enc, tokens, ids, items, max_new_tokens=max_new_tokens,
                           temperature=float(state["meta"].get("ssa_temperature", 0.05)))
