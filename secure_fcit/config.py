@@ -609,6 +609,14 @@ class Config:
                 raise ConfigError(f"privacy (scenario.n_clients = {sc.n_clients}): {exc}") from None
         if self.stream.stages:
             self.stream.plans(sc.setting, sc.clients_per_round)  # a het stage's entries match the groups
+            from .data.spec import METRICS
+            from .data.tasks import TASKS
+
+            unscored = [t for t in self.stream.tasks() if t not in TASKS and t not in self.stream.metrics]
+            if unscored:
+                raise ConfigError(f"stream: task(s) {', '.join(unscored)} are not benchmark tasks: give each its "
+                                  f"metric, [stream] metrics = {{ {unscored[0]} = \"exact\" }} (one of "
+                                  f"{', '.join(METRICS)})")
         self.fcit.dko(self.privacy.aggregation)
         if self.dp.enabled and self.dp.mode == "distributed":
             self._check_distributed()

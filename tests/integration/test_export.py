@@ -25,7 +25,7 @@ from tests.integration.test_simulate import micro_config
 @pytest.fixture(scope="module")
 def trained_state(micro_model_dir, tmp_path_factory):
     cfg = micro_config(micro_model_dir, tmp_path_factory.mktemp("cache"), "disco")
-    cfg = type(cfg)(**{**cfg.__dict__, "scenario": type(cfg.scenario)(**{**cfg.scenario.__dict__, "max_stages": 2})})
+    cfg = type(cfg)(**{**cfg.__dict__, "scenario": type(cfg.scenario)(**{**cfg.scenario.__dict__, "max_stages": 1})})
     out = tmp_path_factory.mktemp("run")
     write_simulation(run_simulation(cfg, progress=False, log=lambda m: None), cfg, out)
     return out / "state"
