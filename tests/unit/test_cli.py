@@ -57,5 +57,5 @@ def test_demo_in_process_runs_the_same_stream_through_the_simulation(tmp_path, m
     assert main(["demo", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress", "--in-process",
                  "--set", "scenario.max_stages=2"]) == 0
     out = capsys.readouterr().out
-    assert "DP-SGD per client (epsilon_max 8, delta 1e-05), masking aggregation" in out and "privacy audit: " in out
+    assert "DP-SGD per client (epsilon_max 8, delta 1e-05 per client), masking aggregation" in out and "privacy audit: " in out
     assert list((tmp_path / "run" / "privacy").glob("client-*/journal.jsonl"))
