@@ -199,15 +199,16 @@ def test_a_custom_stream_of_any_task_names_for_hom_and_het() -> None:
     # issue 23: [stream] stages with the user's own task folders (config.StreamConfig.plans)
     from secure_fcit.config import config_from_dict
 
+    METRICS = {"colors": "exact", "sizes": "exact"}  # noqa: N806
     hom = config_from_dict({"privacy": {"aggregation": "plaintext"}, "scenario": {"n_clients": 4, "clients_per_round": 2},
-                            "stream": {"stages": ["colors", ["sizes", "colors"]]}})
+                            "stream": {"stages": ["colors", ["sizes", "colors"]], "metrics": METRICS}})
     plans = hom.stream.plans("hom", 2)
     sc = build_scenario("hom", "task", {"colors": 20, "sizes": 9}, 4, 2, 1.0, 0, plans=plans)
     assert [s.tasks for s in sc.stages] == [("colors",), ("sizes", "colors")]
     assert sc.tasks == ("colors", "sizes")
     assert sum(len(idx) for c in sc.stages[1].client_data.values() for t, idx in c if t == "sizes") == 9
     het = config_from_dict({"privacy": {"aggregation": "plaintext"}, "scenario": {"setting": "het", "n_clients": 4, "clients_per_round": 2},
-                            "stream": {"stages": [["colors", "sizes"], ["sizes", ["colors", "sizes"]]]}})
+                            "stream": {"stages": [["colors", "sizes"], ["sizes", ["colors", "sizes"]]], "metrics": METRICS}})
     sc = build_scenario("het", "task", {"colors": 20, "sizes": 9}, 4, 2, 1.0, 0,
                         plans=het.stream.plans("het", 2))
     assert sc.stages[1].group_tasks == (("sizes",), ("colors", "sizes"))
