@@ -465,8 +465,7 @@ class StreamConfig:
         if not isinstance(self.stages, list | tuple):
             raise ConfigError(f"stream.stages must be a list of stages, got {self.stages!r}")
         for t, stage in enumerate(self.stages):
-            for entry in stage if isinstance(stage, list | tuple) else [stage]:
-                names = entry if isinstance(entry, list | tuple) else [entry]
+            for names in _stage_entries(stage):
                 if not names or not all(isinstance(n, str) and n.strip() and "/" not in n for n in names):
                     raise ConfigError(f"stream.stages[{t}]: {stage!r} must name task folders (non-empty strings "
                                       "without '/'), one per entry or a list per entry")
@@ -480,24 +479,26 @@ class StreamConfig:
         """Per stage, the tasks of each client group (Hom: one group of every client)."""
         plans = []
         for t, stage in enumerate(self.stages):
+            entries = _stage_entries(stage)
             if setting == "hom":
-                names = stage if isinstance(stage, list | tuple) else [stage]
-                unit = tuple(dict.fromkeys(n for e in names for n in (e if isinstance(e, list | tuple) else [e])))
-                plans.append((unit,))
+                plans.append((tuple(dict.fromkeys(n for names in entries for n in names)),))
                 continue
             if not isinstance(stage, list | tuple) or len(stage) != clients_per_round:
                 raise ConfigError(f"stream.stages[{t}]: a het stage lists one entry per client group, "
                                   f"{clients_per_round} (scenario.clients_per_round); got {stage!r}")
-            plans.append(tuple(tuple(e) if isinstance(e, list | tuple) else (e,) for e in stage))
+            plans.append(entries)
         return plans
 
     def tasks(self) -> tuple[str, ...]:
         """Every task of the stream in order of first appearance."""
-        out: dict[str, None] = {}
-        for stage in self.stages:
-            for entry in stage if isinstance(stage, list | tuple) else [stage]:
-                out.update(dict.fromkeys(entry if isinstance(entry, list | tuple) else [entry]))
-        return tuple(out)
+        return tuple(dict.fromkeys(n for stage in self.stages for names in _stage_entries(stage) for n in names))
+
+
+def _stage_entries(stage: object) -> tuple[tuple, ...]:
+    """A ``stream.stages`` item as its entries, each a tuple of task names: ``"a"`` is one entry,
+    ``["a", ["b", "c"]]`` two (``("a",)`` and ``("b", "c")``)."""
+    items = stage if isinstance(stage, list | tuple) else [stage]
+    return tuple(tuple(e) if isinstance(e, list | tuple) else (e,) for e in items)
 
 
 @dataclass(frozen=True)
