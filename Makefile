@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # CPU wheel on machines without CUDA; a torch already in the venv (a GPU build, say) is kept.
 TORCH_SPEC ?= torch==2.13.0
+# pytest-xdist workers of `make test` (each runs torch on one thread).
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint validity clean-venv
 
@@ -19,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/python -m secure_fcit demo --config configs/demo.toml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check secure_fcit tests benchmarks

@@ -2,7 +2,8 @@
 
 Commands:
   demo        the private federation: DISCO + DP-SGD on the Hom task stream, then the audit report
-  audit       privacy audit report recomputed from spend journals
+  audit       privacy audit report recomputed from spend journals (--empirical: the canary audit)
+  compliance  the control catalogue on a federation: static checks, live self-tests, attacks, reports
   benchmark   generate (or reuse) the synthetic FCIT benchmark files
   model       build (or reuse) the embedded tiny LLaVA model
   simulate    one federated continual instruction-tuning stream in process (DISCO or a baseline)
@@ -132,6 +133,43 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     print("wrote " + ", ".join(str(p) for p in written))
     unsigned = bool(s["unsigned"]) and not args.allow_unsigned
     return 1 if s["failed"] or s["over_budget"] or s["mismatches"] or unsigned else 0
+
+
+def _cmd_compliance(args: argparse.Namespace) -> int:
+    from .compliance import Outcome, Target, load_policy
+    from .compliance.report import summary, write_reports
+    from .compliance.runner import run_compliance
+    from .config import load_config, parse_sets
+
+    t0 = time.perf_counter()
+    config_path = Path(args.config)
+    config = load_config(config_path, parse_sets(args.set))
+    for name in ("deployment", "state"):
+        value = getattr(args, name)
+        if value is not None and not Path(value).is_dir():
+            raise ConfigError(f"--{name} {value} is not a folder")
+    target = Target(config, config_path, Path(args.deployment) if args.deployment else None,
+                    Path(args.state) if args.state else None, load_policy(args.policy), fast=not args.full)
+    kinds = ["static"] if args.static_only else None
+    try:
+        results = run_compliance(target, kinds=kinds, only=args.only, progress=not args.no_progress)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    out = Path(args.out) if args.out else Path("runs") / f"compliance-{time.strftime('%Y%m%d-%H%M%S')}"
+    from . import __version__
+
+    meta = {"version": __version__, "config": str(config_path), "deployment": args.deployment, "state": args.state,
+            "policy": args.policy or "(defaults: configs/policies/compliance.toml)", "seconds": time.perf_counter() - t0}
+    written = write_reports(results, out, meta)
+    marks = {Outcome.PASS: "pass", Outcome.FAIL: "FAIL", Outcome.WARN: "warn", Outcome.NA: "n/a "}
+    for r in results:
+        print(f"  {marks[r.outcome]:4s} {r.control.id:6s} {r.control.statement}")
+        if r.outcome in (Outcome.FAIL, Outcome.WARN):
+            print(f"              fix: {r.finding.fix}")
+    s = summary(results)
+    print(f"compliance: {s['pass']} pass, {s['fail']} fail, {s['warn']} warn, {s['not applicable']} not applicable "
+          f"({time.perf_counter() - t0:.0f} s); wrote {', '.join(str(p) for p in written)}")
+    return 1 if s["fail"] else 0
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
@@ -351,6 +389,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit 0 for journals written before signing (reported as unsigned either way)")
     aud.add_argument("--no-progress", action="store_true", help="hide progress bars")
     aud.set_defaults(func=_cmd_audit)
+
+    comp = sub.add_parser("compliance", help="run the control catalogue on a federation (reports in Markdown, "
+                          "HTML, JSON, JUnit XML; exit 1 on any fail)")
+    comp.add_argument("--config", required=True, help="the federation's TOML config, e.g. configs/demo.toml")
+    comp.add_argument("--deployment", help="the federation folder of `deploy prepare` (or a demo run's federation/)")
+    comp.add_argument("--state", help="a run folder: the clients' privacy journals and the server's state "
+                      "(a demo run folder, or a simulation's output)")
+    comp.add_argument("--policy", help="the organisation's thresholds (TOML; example: configs/policies/compliance.toml)")
+    comp.add_argument("--out", help="report folder (default: runs/compliance-<date>-<time>)")
+    comp.add_argument("--only", nargs="+", metavar="ID", help="run only these control ids (e.g. SA-1 LV-6)")
+    comp.add_argument("--static-only", action="store_true", help="only the static controls (no live self-tests)")
+    comp.add_argument("--full", action="store_true",
+                      help="the empirical audits at their benchmark setting (minutes) instead of the quick one")
+    comp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (TOML value)")
+    comp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    comp.set_defaults(func=_cmd_compliance)
 
     keys = sub.add_parser("keys", help="CKKS key ceremony (privacy.aggregation = \"ckks\")")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

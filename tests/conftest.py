@@ -7,12 +7,10 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (make test runs 2 workers) each worker takes one core's thread.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
-MICRO_SPEC_KW = dict(
-    image_size=32, patch_size=16, vision_hidden=32, vision_layers=1, vision_heads=2,
-    text_hidden=32, text_layers=2, text_heads=2, text_intermediate=64, vocab_size=400,
-)
+from secure_fcit.compliance.micro import MICRO_PRETRAIN_KW, MICRO_SPEC_KW  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +26,7 @@ def micro_model_dir(tmp_path_factory, micro_spec):
 
     cache = tmp_path_factory.mktemp("cache")
     return ensure_embedded_model(
-        cache, spec=micro_spec, pretrain=PretrainSpec(steps=8, batch_size=8, n_examples=64, vision_steps=4, vision_batch_size=8), seed=0,
+        cache, spec=micro_spec, pretrain=PretrainSpec(**MICRO_PRETRAIN_KW), seed=0,
         progress=False,
     )
 

@@ -7,85 +7,33 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from scipy import stats
 
+from secure_fcit.compliance.live import clipping_matches_manual_loop, dp_setup, noise_has_accounted_std
 from secure_fcit.crypto.prg import ChaCha20PRG
 from secure_fcit.dp.sgd import dp_train_steps, poisson_batches
 from secure_fcit.errors import PrivacyError
-from secure_fcit.model.chat import collate_train, encode_sample, per_sequence_loss
-from secure_fcit.model.loading import load_llava
-from secure_fcit.model.slots import SlotLoRA
+from secure_fcit.model.chat import collate_train, per_sequence_loss
 
 
 @pytest.fixture()
 def setup(micro_model_dir):
-    model, processor = load_llava(micro_model_dir)
-    slots = SlotLoRA(model, rank=2, alpha=4.0, targets="all", max_slots=2)
-    slots.ensure_slot(1)
-    colors = ((200, 20, 20), (20, 20, 200), (20, 200, 20), (200, 200, 20), (20, 200, 200), (90, 90, 90))
-    answers = ("red", "blue", "green", "yellow", "cyan", "gray")
-    samples = [encode_sample(processor, Image.new("RGB", (32, 32), c), [(f"What color is shape {k}?", a)])
-               for k, (c, a) in enumerate(zip(colors, answers, strict=True))]
-    # Non-zero B so that A gets gradients too.
-    gen = torch.Generator().manual_seed(0)
-    vec = slots.initial_vector(seed=3) + 0.05 * torch.randn(slots.slot_size, generator=gen).numpy()
-    slots.load_slot(1, vec)
-    return slots, processor.tokenizer.pad_token_id, samples
-
-
-def _snapshot(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+    return dp_setup(micro_model_dir)
 
 
 def test_clipped_sum_equals_a_manual_per_sample_loop(setup):
-    slots, pad, samples = setup
-    C = 0.05  # small enough that every sample is clipped
-    with slots.training(1) as params:
-        manual = [torch.zeros_like(p) for p in params]
-        norms = []
-        for s in samples:
-            batch = collate_train([s], pad)
-            loss = per_sequence_loss(slots.model(**batch.model_inputs()).logits, batch.labels).sum()
-            grads = torch.autograd.grad(loss, params)
-            norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
-            norms.append(float(norm))
-            factor = min(1.0, C / (float(norm) + 1e-6))
-            for acc, g in zip(manual, grads, strict=True):
-                acc += g * factor
-        before = [p.detach().clone() for p in params]
-        # q = 1: every sample in the one batch; SGD with lr 1: the step is -(clipped sum)/n.
-        dp_train_steps(slots.model, params, samples, noise_multiplier=0.0, max_grad_norm=C, sample_rate=1.0,
-                       steps=1, lr=1.0, pad_id=pad, optimizer="sgd")
-        step = [b - p.detach() for b, p in zip(before, params, strict=True)]
-    assert min(norms) > C
-    flat_dp = torch.cat([s.reshape(-1) for s in step])
-    flat_manual = torch.cat([m.reshape(-1) for m in manual]) / len(samples)
-    rel = float((flat_dp - flat_manual).norm() / flat_manual.norm())
-    assert rel < 1e-5, rel
+    # The same check as the compliance command's LV-1 (one implementation, two front ends).
+    r = clipping_matches_manual_loop(*setup, clip=0.05)  # C small enough that every sample is clipped
+    assert r["min_norm"] > r["clip"]
+    assert r["relative_error"] < 1e-5, r
 
 
 def test_noise_has_std_sigma_c_over_b_and_touches_only_the_slot(setup):
-    slots, pad, samples = setup
-    # No answer token: every per-sample gradient is exactly zero, so the step is the noise alone.
-    silent = [dataclasses.replace(s, labels=torch.full_like(s.labels, -100)) for s in samples]
-    sigma, C, q = 1.3, 0.7, 0.5
-    expected_b = q * len(silent)
-    before = _snapshot(slots.model)
-    with slots.training(1) as params:
-        names = slots._names[1]
-        dp_train_steps(slots.model, params, silent, noise_multiplier=sigma, max_grad_norm=C, sample_rate=q,
-                       steps=1, lr=1.0, pad_id=pad, optimizer="sgd")
-    after = _snapshot(slots.model)
-    changed = sorted(n for n in before if not torch.equal(before[n], after[n]))
-    assert changed and set(changed) <= set(names)
-    noise = torch.cat([(after[n] - before[n]).reshape(-1) for n in names]).double().numpy()
-    assert np.isfinite(noise).all()
-    d, target = noise.size, sigma * C / expected_b
-    stat = (d - 1) * noise.var(ddof=1) / target**2
-    lo, hi = stats.chi2.ppf([0.005, 0.995], d - 1)
-    assert lo < stat < hi, (noise.std(), target)
-    assert abs(noise.mean()) < 4 * target / np.sqrt(d)
+    # LV-2: no answer token, so every per-sample gradient is zero and the step is the noise alone.
+    r = noise_has_accounted_std(*setup, sigma=1.3, clip=0.7, q=0.5)
+    assert r["touched_only_slot"]
+    assert r["lo"] < r["chi2"] < r["hi"], (r["std"], r["target"])
+    assert r["mean_ok"]
 
 
 def test_an_empty_poisson_batch_still_takes_a_noised_step(setup):
