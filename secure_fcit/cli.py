@@ -79,7 +79,7 @@ def _demo_sets(args: argparse.Namespace) -> list[str]:
 
 
 def _simulate_and_report(cfg, out: Path, progress: bool, quiet: bool) -> int:
-    from .dp.report import audit, write_report
+    from .dp.report import audit, prv_text, write_report
     from .fcit.simulate import run_simulation, write_simulation
 
     sc = cfg.scenario
@@ -98,7 +98,7 @@ def _simulate_and_report(cfg, out: Path, progress: bool, quiet: bool) -> int:
         written += write_report(rep, out / "audit")
         r = rep["summary"]
         print(f"privacy audit: {r['verified']}/{r['clients']} journals verified, max epsilon RDP "
-              f"{r['max_epsilon_rdp']:.3f} / PRV {r['max_epsilon_prv']:.3f} (cap {cfg.dp.epsilon:g}), "
+              f"{r['max_epsilon_rdp']:.3f} / PRV {prv_text(r['max_epsilon_prv'], '.3f')} (cap {cfg.dp.epsilon:g}), "
               f"over budget: {len(r['over_budget'])}, mismatches: {r['mismatches']}")
     print("wrote " + ", ".join(str(p) for p in written))
     return report_shortfalls(result.shortfalls)
@@ -115,7 +115,7 @@ def report_shortfalls(shortfalls: list[str]) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from .dp.report import audit, write_report
+    from .dp.report import audit, prv_text, write_report
 
     state = Path(args.state)
     rep = audit(state, progress=not args.no_progress, certs=Path(args.certs) if args.certs else None)
@@ -123,7 +123,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     written = write_report(rep, out)
     s = rep["summary"]
     largest = (f"max epsilon UNKNOWN ({len(s['failed'])} failed journal(s))" if s["failed"] else
-               f"max epsilon RDP {s['max_epsilon_rdp']:.4g}, PRV {s['max_epsilon_prv']:.4g}")
+               f"max epsilon RDP {s['max_epsilon_rdp']:.4g}, PRV {prv_text(s['max_epsilon_prv'])}")
     print(f"{s['clients']} client journal(s): {s['verified']} verified, failed: {', '.join(s['failed']) or 'none'}"
           f"{'; unsigned (written before signing): ' + ', '.join(s['unsigned']) if s['unsigned'] else ''}; "
           f"{largest}; over budget: {', '.join(s['over_budget']) or 'none'}; mismatches: {s['mismatches']}")

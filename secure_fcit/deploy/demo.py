@@ -32,7 +32,7 @@ def _free_port(host: str) -> int:
 
 def run_demo(config_path: str | Path, config: Config, out: Path, *, progress: bool = True,
              sets: list[str] | None = None, timeout: float = 3600.0) -> int:
-    from ..dp.report import audit, write_report
+    from ..dp.report import audit, prv_text, write_report
     from .roster import enrol, prepare_federation
 
     if not config.dp.enabled:
@@ -88,7 +88,7 @@ def run_demo(config_path: str | Path, config: Config, out: Path, *, progress: bo
     written = write_report(rep, out / "audit")
     r = rep["summary"]
     print(f"privacy audit: {r['verified']}/{r['clients']} journals verified, max epsilon RDP "
-          f"{r['max_epsilon_rdp']:.3f} / PRV {r['max_epsilon_prv']:.3f} (cap {config.dp.epsilon:g}), "
+          f"{r['max_epsilon_rdp']:.3f} / PRV {prv_text(r['max_epsilon_prv'], '.3f')} (cap {config.dp.epsilon:g}), "
           f"over budget: {len(r['over_budget'])}, mismatches: {r['mismatches']}")
     ok = r["verified"] == r["clients"] and not r["mismatches"] and not r["over_budget"]
     print_summary(config, result / "metrics.json", r, written, time.perf_counter() - t0, "over mutual TLS 1.3")

@@ -39,7 +39,7 @@ from .journal import check_anchor, is_signed, read_journal
 from .ledger import ROSTER_NAME, check_roster_record, read_roster
 from .releases import RELATION, inventory
 
-__all__ = ["audit", "write_report", "find_journals", "MISMATCH_TOLERANCE"]
+__all__ = ["audit", "write_report", "find_journals", "prv_text", "MISMATCH_TOLERANCE"]
 
 #: A journaled epsilon may differ from the recomputed one by this much (float noise only).
 MISMATCH_TOLERANCE = 1e-6
@@ -272,8 +272,9 @@ def audit(state: Path, progress: bool = True, certs: Path | None = None) -> dict
             "mismatches": sum(len(c["mismatches"]) for c in clients),
             "over_budget": [c["client"] for c in clients if c["over_budget"]],
             "max_epsilon_rdp": unknown or max((c["epsilon"]["rdp"] for c in counted), default=0.0),
+            # None when no journal has a PRV figure (Skellam releases have no PRV analysis here).
             "max_epsilon_prv": unknown or max((c["epsilon"]["prv"] for c in counted
-                                               if c["epsilon"]["prv"] is not None), default=0.0),
+                                               if c["epsilon"]["prv"] is not None), default=None),
             "max_epsilon_rdp_not_failed": max((c["epsilon"]["rdp"] for c in counted), default=0.0),
             "rosters": rosters,
         },
@@ -285,6 +286,11 @@ def audit(state: Path, progress: bool = True, certs: Path | None = None) -> dict
         "run": None if metrics is None else {k: metrics.get(k) for k in ("strategy", "setting", "beta", "seed",
                                                                           "last", "avg", "forgetting")},
     }
+
+
+def prv_text(value: float | None, spec: str = ".4g") -> str:
+    """The largest PRV epsilon for a summary line: 'n/a' when no journal has one (Skellam)."""
+    return "n/a (Skellam: RDP only)" if value is None else format(value, spec)
 
 
 def _fmt(x: Any) -> str:
@@ -310,7 +316,7 @@ def _markdown(rep: dict[str, Any]) -> str:
            f"- clients over budget: {', '.join(s['over_budget']) or 'none'}",
            (f"- largest epsilon: **unknown** ({len(s['failed'])} journal(s) FAILED: {', '.join(s['failed'])}); "
             f"RDP {s['max_epsilon_rdp_not_failed']:.4g} among the others" if s["failed"] else
-            f"- largest epsilon: RDP {s['max_epsilon_rdp']:.4g}, PRV {s['max_epsilon_prv']:.4g}"), ""]
+            f"- largest epsilon: RDP {s['max_epsilon_rdp']:.4g}, PRV {prv_text(s['max_epsilon_prv'])}"), ""]
     if rep.get("run"):
         r = rep["run"]
         out += [f"Run: {r['strategy']} on {r['setting']}, beta {r['beta']}, seed {r['seed']}: "

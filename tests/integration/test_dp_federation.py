@@ -111,5 +111,7 @@ def test_distributed_dp_releases_only_noised_sums_and_the_audit_recomputes_them(
     rep = audit(tmp_path, progress=False)
     assert rep["summary"]["mismatches"] == 0 and not rep["summary"]["over_budget"]
     assert rep["summary"]["verified"] == rep["summary"]["clients"]
+    # Skellam releases have no PRV analysis: the summary says so (None, printed "n/a"), not 0.
+    assert rep["summary"]["max_epsilon_prv"] is None
     client = next(c for c in rep["clients"] if c["rounds"])
     assert {r["mechanism"] for r in client["rounds"]} == {"skellam"} and client["prv_unavailable"]
