@@ -114,9 +114,44 @@ def report_shortfalls(shortfalls: list[str]) -> int:
     return 3
 
 
+def _cmd_empirical(args: argparse.Namespace) -> int:
+    import math
+
+    from .compliance.empirical import canary_audit
+    from .config import load_config
+
+    epsilon, delta = 8.0, 1e-5
+    if args.config:
+        dp = load_config(args.config).dp
+        epsilon, delta = (dp.epsilon if dp.enabled else math.inf), dp.delta
+    if args.epsilon is not None:
+        try:
+            epsilon = float(args.epsilon)
+        except ValueError:
+            raise ConfigError(f"--epsilon must be a number or 'inf', got {args.epsilon!r}") from None
+    r = canary_audit(epsilon=None if math.isinf(epsilon) else epsilon, delta=delta, fast=not args.full,
+                     progress=not args.no_progress)
+    print(f"canary audit: {r['m']} canaries, {r['guesses']} guesses, {r['correct']} correct -> epsilon lower bound "
+          f"{r['epsilon_lower']:.3f} ({r['confidence']:g} confidence) against the accounted {r['epsilon_accounted']:.3f} "
+          f"(sigma {r['sigma']:.3f}, {r['seconds']:.0f} s)")
+    out = Path(args.out) if args.out else Path("runs") / f"empirical-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "empirical.json").write_text(json.dumps(
+        {k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in r.items()}, indent=2) + "\n")
+    print(f"wrote {out / 'empirical.json'}")
+    under = r["epsilon_lower"] > r["epsilon_accounted"] + 1e-9
+    if under:
+        print("the lower bound exceeds the accounted epsilon: the accounting under-counts", file=sys.stderr)
+    return 1 if under else 0
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from .dp.report import audit, prv_text, write_report
 
+    if args.empirical:
+        return _cmd_empirical(args)
+    if not args.state:
+        raise ConfigError("audit needs --state RUN (the spend journals), or --empirical for the canary audit")
     state = Path(args.state)
     rep = audit(state, progress=not args.no_progress, certs=Path(args.certs) if args.certs else None)
     out = Path(args.out) if args.out else (state / "audit" if state.is_dir() else state.parent / "audit")
@@ -380,8 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_cmd_simulate)
 
     aud = sub.add_parser("audit", help="privacy audit report from spend journals (Markdown, HTML, JSON, plot)")
-    aud.add_argument("--state", required=True,
+    aud.add_argument("--state",
                      help="a run folder, a privacy/ folder of client ledgers, one client's folder or journal")
+    aud.add_argument("--empirical", action="store_true",
+                     help="the one-run canary audit (Steinke et al. 2023) on the micro model instead: a lower bound "
+                          "on epsilon from one DP training run, against the accounted epsilon")
+    aud.add_argument("--config", help="with --empirical: take epsilon and delta from this config")
+    aud.add_argument("--epsilon", help="with --empirical: the epsilon to train at ('inf': no DP, the positive control)")
+    aud.add_argument("--full", action="store_true", help="with --empirical: 1,000 canaries instead of 500")
     aud.add_argument("--out", help="report folder (default: <state>/audit)")
     aud.add_argument("--certs", help="federation certificate folder: each journal must be signed by the key "
                                      "of its client's CA-checked certificate")

@@ -174,3 +174,17 @@ def test_an_attack_file_that_fails_is_a_failed_row(tmp_path):
 def test_the_committed_control_catalogue_matches_the_code():
     assert DOC_PATH.read_text() == catalogue_markdown(), "regenerate: python -m secure_fcit.compliance.report"
     assert doc_main(["--check"]) == 0
+
+
+def test_audit_empirical_finds_the_leak_without_dp_and_exits_by_the_bound(micro_model_dir, tmp_path, monkeypatch,
+                                                                           capsys):
+    """`audit --empirical`: the positive control (no DP) finds a lower bound of several units, so
+    the audit can see leakage; at epsilon 8 the bound stays below the accounted epsilon (exit 0)."""
+    monkeypatch.setenv("SECURE_FCIT_CACHE", str(micro_model_dir.parents[1]))
+    assert main(["audit", "--empirical", "--epsilon", "inf", "--out", str(tmp_path / "inf"), "--no-progress"]) == 0
+    leak = json.loads((tmp_path / "inf" / "empirical.json").read_text())
+    assert leak["epsilon_lower"] > 3 and leak["epsilon_accounted"] == "inf"
+    assert main(["audit", "--empirical", "--epsilon", "8", "--out", str(tmp_path / "e8"), "--no-progress"]) == 0
+    dp = json.loads((tmp_path / "e8" / "empirical.json").read_text())
+    assert dp["epsilon_lower"] <= dp["epsilon_accounted"] and 7 < dp["epsilon_accounted"] <= 8
+    assert "lower bound" in capsys.readouterr().out
