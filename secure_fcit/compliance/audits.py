@@ -25,7 +25,7 @@ def chance_interval(members: int, nonmembers: int, z: float = 2.576) -> tuple[fl
 @control("EMP-1", "audit", "The accounted epsilon is not an under-estimate: a one-run canary audit stays below it.",
          "Steinke, Nasr, Jagielski (NeurIPS 2023): m canaries in one client's data, each included with probability "
          "1/2, one DP-SGD training run at the config's epsilon; membership guessed from what the coordinator sees "
-         "(the release and the global state); the 95 % lower bound on epsilon must not exceed the accounted epsilon. "
+         "(the release and the global state, scored by least squares); the 95 % lower bound on epsilon must not exceed the accounted epsilon. "
          "Without DP the same audit finds a large lower bound (the positive control, benchmarks/canary_audit.py).",
          ("NIST SP 800-226 eps-delta", "NIST SP 800-226 pitfalls", "GDPR Art. 32"))
 def empirical_audit(t: Target) -> object:
@@ -46,8 +46,8 @@ def empirical_audit(t: Target) -> object:
 
 
 @control("MI-1", "audit", "Membership inference on the coordinator's masked transcript is at chance.",
-         "A white-box membership attack (the release's inner product with each candidate's gradient at the global "
-         "state) against three views: one client's plaintext update, the coordinator's masked transcript of the "
+         "A white-box membership attack (a least-squares estimate of each candidate's inclusion from its clipped "
+         "gradient at the global state and the release) against three views: one client's plaintext update, the coordinator's masked transcript of the "
          "real masking protocol, and the unmasked aggregate. AUC and TPR at 1 % FPR are reported; the masked "
          "transcript's AUC must lie within the chance interval.",
          ("GDPR Art. 32", "HIPAA 164.312(a)(2)(iv)", "NIST SP 800-53 SC-13"))
