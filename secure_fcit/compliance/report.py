@@ -51,7 +51,9 @@ def catalogue_markdown() -> str:
              "`python -m secure_fcit compliance --config FED.toml [--deployment FED/] [--state RUN/] "
              "[--policy POLICY.toml] [--out DIR]`; each run writes `COMPLIANCE.md`, `.html`, `.json` and "
              "`junit.xml`, and exits 1 on any fail. Outcomes: pass, fail, warn, not applicable (the artifact "
-             "it checks was not given). `configs/policies/compliance.toml` holds the thresholds.", ""]
+             "it checks was not given). `configs/policies/compliance.toml` holds the thresholds. Measured figures "
+             "(the demo federation's run, the canary audit, membership inference): "
+             "[notes/2026-12-07-compliance.md](notes/2026-12-07-compliance.md).", ""]
     for kind, title in _KIND_TITLES.items():
         controls = [c for c in CONTROLS.values() if c.kind == kind]
         if not controls:
