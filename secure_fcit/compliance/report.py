@@ -76,6 +76,7 @@ def _markdown(results: list[Result], meta: dict[str, Any]) -> str:
              f"- config: `{meta['config']}`; deployment: `{meta['deployment']}`; state: `{meta['state']}`; "
              f"policy: `{meta['policy']}`",
              f"- **{s['pass']} pass, {s['fail']} fail, {s['warn']} warn, {s['not applicable']} not applicable**", "",
+             f"![controls per requirement]({Path(meta['plot']).name})", "",
              "| id | outcome | statement | seconds |", "|---|---|---|---:|"]
     lines += [f"| {r.control.id} | **{r.outcome.value}** | {_md_cell(r.control.statement)} | {r.seconds:.2f} |"
               for r in results]
@@ -131,6 +132,7 @@ def _html(results: list[Result], meta: dict[str, Any]) -> str:
             f"<code>{html.escape(str(meta['deployment']))}</code>, state <code>{html.escape(str(meta['state']))}</code>, "
             f"policy <code>{html.escape(str(meta['policy']))}</code></p>"
             f"<p><b>{s['pass']} pass, {s['fail']} fail, {s['warn']} warn, {s['not applicable']} not applicable</b></p>"
+            f"{_inline_img(Path(meta['plot']))}"
             f"<table><tr><th>id</th><th>outcome</th><th>statement</th><th>s</th></tr>{rows}</table>"
             + "".join(body) + "</body></html>\n")
 
@@ -179,11 +181,39 @@ def _junit(results: list[Result], meta: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def _plot(results: list[Result], path: Path) -> Path:
+    """Outcomes per requirement (stacked bars): which obligations each run's evidence covers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reqs = [r for r in REQUIREMENTS if any(r in x.control.requirements for x in results)]
+    colours = {"pass": "#1a7f37", "warn": "#d4a72c", "fail": "#cf222e", "not applicable": "#afb8c1"}
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(reqs) + 1.2))
+    left = [0] * len(reqs)
+    for outcome, colour in colours.items():
+        counts = [sum(1 for x in results if req in x.control.requirements and x.outcome.value == outcome) for req in reqs]
+        ax.barh(reqs, counts, left=left, color=colour, label=outcome)
+        left = [a + b for a, b in zip(left, counts, strict=True)]
+    ax.invert_yaxis()
+    ax.set_xlabel("controls")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("Controls per requirement, by outcome")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_reports(results: list[Result], out: Path, meta: dict[str, Any]) -> list[Path]:
-    """COMPLIANCE.md, COMPLIANCE.html, COMPLIANCE.json and junit.xml under ``out``."""
+    """COMPLIANCE.md, COMPLIANCE.html (the plot inline), COMPLIANCE.json, junit.xml and
+    requirements.png under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **meta}
-    paths = [out / "COMPLIANCE.md", out / "COMPLIANCE.html", out / "COMPLIANCE.json", out / "junit.xml"]
+    meta = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **meta,
+            "plot": str(_plot(results, out / "requirements.png"))}
+    paths = [out / "COMPLIANCE.md", out / "COMPLIANCE.html", out / "COMPLIANCE.json", out / "junit.xml",
+             out / "requirements.png"]
     paths[0].write_text(_markdown(results, meta))
     paths[1].write_text(_html(results, meta))
     paths[2].write_text(_json(results, meta))

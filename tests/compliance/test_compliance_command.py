@@ -140,6 +140,7 @@ def test_the_junit_xml_parses_and_counts_the_failures(fed, tmp_path, capsys):
     assert {c.get("name").split()[0] for c in failures} == {"SA-1", "KEY-1"}
     html = (tmp_path / "report" / "COMPLIANCE.html").read_text()
     assert html.startswith("<!doctype html>") and "http" not in html.split("<body>")[0]  # offline: nothing fetched
+    assert "data:image/png;base64," in html  # the plot is inline: the file reads offline
 
 
 def test_an_unknown_policy_key_is_refused_with_its_name(tmp_path):
@@ -188,3 +189,24 @@ def test_audit_empirical_finds_the_leak_without_dp_and_exits_by_the_bound(micro_
     dp = json.loads((tmp_path / "e8" / "empirical.json").read_text())
     assert dp["epsilon_lower"] <= dp["epsilon_accounted"] and 7 < dp["epsilon_accounted"] <= 8
     assert "lower bound" in capsys.readouterr().out
+
+
+def test_a_ckks_public_context_holding_the_secret_key_fails_key3(honest, tmp_path):
+    """KEY-3 on a CKKS federation: the public context of `keys init` passes; the secret context put in
+    its place (the coordinator could then decrypt every upload) fails with what to fix."""
+    from secure_fcit.config import parse_sets
+    from secure_fcit.protocols.ckks import PUBLIC_FILE, SECRET_FILE, write_keys
+
+    write_keys(tmp_path / "keys")
+    sets = parse_sets(['privacy.aggregation="ckks"', f'privacy.ckks_keys="{tmp_path / "keys"}"',
+                       "privacy.ckks_k_min=2"])
+    config = load_config(honest / "fed.toml", sets)
+    policy = load_policy(honest / "policy.toml")
+
+    def key3():
+        return run_compliance(Target(config, honest / "fed.toml", policy=policy), only=["KEY-3"], progress=False)[0]
+
+    assert key3().outcome is Outcome.PASS
+    shutil.copy(tmp_path / "keys" / SECRET_FILE, tmp_path / "keys" / PUBLIC_FILE)
+    r = key3()
+    assert r.outcome is Outcome.FAIL and "replace" in r.finding.fix and "secret" in r.finding.fix
