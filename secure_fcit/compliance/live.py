@@ -33,6 +33,15 @@ def _work(t: Target) -> Path:
     return t.work
 
 
+def _in_scratch(t: Target, prefix: str, run):
+    """``run(folder)`` in a fresh folder under the run's scratch space, removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=_work(t)))
+    try:
+        return run(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _micro(t: Target) -> Path:
     from .micro import micro_model
 
@@ -381,11 +390,7 @@ def tls_refuses_bad_peers(folder: Path) -> dict[str, str]:
          "client, a client without a certificate and one whose certificate another CA signed are refused.",
          ("NIST SP 800-53 SC-8", "NIST SP 800-53 SC-13", "HIPAA 164.312(e)(1)", "GDPR Art. 32"))
 def live_tls(t: Target) -> object:
-    folder = Path(tempfile.mkdtemp(prefix="tls-", dir=_work(t)))
-    try:
-        r = tls_refuses_bad_peers(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    r = _in_scratch(t, "tls-", tls_refuses_bad_peers)
     evidence = [f"{k}: {v}" for k, v in r.items()]
     good = r["federation client"].startswith("connected TLSv1.3")
     bad = [k for k in r if k != "federation client" and not r[k].startswith("refused")]
@@ -454,11 +459,7 @@ def journal_tampering_detected(root: Path) -> dict[str, str]:
          "each make `audit` report the client FAILED.",
          ("NIST SP 800-53 AU-9", "NIST SP 800-53 AU-10", "HIPAA 164.312(c)(1)", "HIPAA 164.312(b)"))
 def live_journal(t: Target) -> object:
-    folder = Path(tempfile.mkdtemp(prefix="journal-", dir=_work(t)))
-    try:
-        r = journal_tampering_detected(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    r = _in_scratch(t, "journal-", journal_tampering_detected)
     evidence = [f"{k}: {v}" for k, v in r.items()]
     missed = [k for k, v in r.items() if k != "honest" and not v.startswith("FAILED")]
     if not r["honest"].startswith("FAILED") and not missed:
