@@ -34,12 +34,12 @@ from secure_fcit.data.schedule import Scenario, Stage
 from secure_fcit.errors import ConfigError
 from secure_fcit.fcit.simulate import (
     _evaluator,
-    _learners,
     build_organizer,
     build_slots,
     client_id,
     global_state,
     in_memory_federation,
+    learners_for,
     scenario_for,
     slot_layout,
     stream_tasks,
@@ -74,7 +74,7 @@ def run_variant(label: str, cfg, ws, slots, layout, encoder, stream: Scenario, o
                 progress: bool) -> dict:
     """Run the cut-down stream under ``cfg``; the task's score after every applied round."""
     organizer = build_organizer(cfg, encoder.dim, slots, layout)
-    learners = _learners(cfg, ws, stream, slots, encoder)
+    learners = learners_for(cfg, ws, stream, slots, encoder)
     by_id = {client_id(c): learner for c, learner in learners.items()}
     coordinator, workers, _ = in_memory_federation(cfg, f"het-slot-rounds-{task}", stream, organizer, learners)
     evaluate = _evaluator(cfg, ws, slots, encoder)

@@ -78,7 +78,8 @@ def _demo_sets(args: argparse.Namespace) -> list[str]:
     return items + ["dp.enabled=true"]
 
 
-def _simulate_and_report(cfg, out: Path, progress: bool, quiet: bool) -> int:
+def _simulate_and_report(cfg, out: Path, progress: bool, quiet: bool, backend: str = "memory",
+                         ray_options=None) -> int:
     from .dp.report import audit, prv_text, write_report
     from .fcit.simulate import run_simulation, write_simulation
 
@@ -86,7 +87,8 @@ def _simulate_and_report(cfg, out: Path, progress: bool, quiet: bool) -> int:
     privacy = out / "privacy" if cfg.dp.enabled else None
     decryptions = out / "decryptions.jsonl" if cfg.privacy.aggregation == "ckks" else None
     result = run_simulation(cfg, progress=progress, log=(lambda m: None) if quiet else
-                            (lambda m: print(m, file=sys.stderr)), privacy_dir=privacy, decryption_log=decryptions)
+                            (lambda m: print(m, file=sys.stderr)), privacy_dir=privacy, decryption_log=decryptions,
+                            backend=backend, ray_options=ray_options)
     written = write_simulation(result, cfg, out)
     s = result.summary
     print(f"{cfg.fcit.strategy} {sc.setting}-{sc.kind} beta={sc.beta:g} seed={cfg.seed}"
@@ -252,7 +254,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     dp = f"-dp{cfg.dp.epsilon:g}" if cfg.dp.enabled else ""
     agg = "" if cfg.privacy.aggregation == "masking" else f"-{cfg.privacy.aggregation}"
     out = Path(args.out or f"runs/{sc.setting}-{sc.kind}-{cfg.fcit.strategy}-b{sc.beta:g}-s{cfg.seed}{dp}{agg}")
-    return _simulate_and_report(cfg, out, progress=not args.no_progress, quiet=args.quiet)
+    ray_options = None
+    if args.backend == "ray":
+        from .fcit.ray_backend import RayOptions, parse_resources
+
+        ray_options = RayOptions(address=args.ray_address, resources=parse_resources(args.client_resources),
+                                 actors=args.actors)
+    elif args.ray_address or args.actors is not None or args.client_resources != "num_cpus=1":
+        raise ConfigError("--ray-address, --actors and --client-resources go with --backend ray")
+    return _simulate_and_report(cfg, out, progress=not args.no_progress, quiet=args.quiet, backend=args.backend,
+                                ray_options=ray_options)
 
 
 def _cmd_certs_init(args: argparse.Namespace) -> int:
@@ -412,6 +423,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override any config key with a TOML value, e.g. --set fcit.policy='\"allow\"'")
     sim.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sim.add_argument("--quiet", action="store_true", help="no per-stage log lines")
+    sim.add_argument("--backend", choices=("memory", "ray"), default="memory",
+                     help="memory: every worker in this process (default); ray: workers in Ray actors, the "
+                          "coordinator here (pip install 'secure-fcit[ray]')")
+    sim.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                     help="with --backend ray: join this cluster ('auto': the one this node belongs to); "
+                          "default: start a local Ray instance")
+    sim.add_argument("--client-resources", default="num_cpus=1", metavar="num_cpus=1,num_gpus=0.1",
+                     help="with --backend ray: the resources of one actor (num_cpus, num_gpus, memory)")
+    sim.add_argument("--actors", type=int,
+                     help="with --backend ray: actors in the pool, each hosting a share of the clients "
+                          "(default: as many as the cluster's free resources fit, at most one per client)")
     sim.set_defaults(func=_cmd_simulate)
 
     aud = sub.add_parser("audit", help="privacy audit report from spend journals (Markdown, HTML, JSON, plot)")

@@ -34,7 +34,7 @@ from ..model.loading import weights_sha256
 from ..model.slots import SlotLoRA
 from ..model.train import TrainSpec
 from ..protocols import Coordinator, Worker, run_federation
-from ..protocols.factory import build_aggregation
+from ..protocols.factory import DESCRIPTIONS, build_aggregation
 from ..protocols.interfaces import ScenarioSchedule
 from .dko import DistributedStep, DKOOrganizer
 from .learner import EWCLearner, FedProxLearner, OLoRALearner, SlotLearner
@@ -47,7 +47,7 @@ from .workspace import Workspace, describe_device, prepare_workspace, task_metri
 __all__ = [
     "SimulationResult", "run_simulation", "write_simulation", "scenario_for", "slot_layout",
     "build_slots", "global_state", "build_learner", "build_organizer", "client_id", "write_state",
-    "in_memory_federation", "stream_shortfalls",
+    "in_memory_federation", "stream_shortfalls", "learners_for", "largest_client_stage",
 ]
 
 
@@ -195,13 +195,16 @@ def build_learner(config: Config, client_id: str, slots: SlotLoRA, encoder, samp
     return SlotLearner(*args, **kw)
 
 
-def _learners(config: Config, ws: Workspace, scenario: Scenario, slots: SlotLoRA, encoder,
-              privacy_dir: Path | None = None, noise_prg=None) -> dict[int, SlotLearner]:
+def learners_for(config: Config, ws: Workspace, scenario: Scenario, slots: SlotLoRA, encoder,
+                 privacy_dir: Path | None = None, noise_prg=None, only: set[int] | None = None) -> dict[int, SlotLearner]:
+    """One learner per client of ``scenario`` (only those in ``only`` when given), keyed by index."""
     n_stages = len(scenario.stages)
     pad = ws.processor.tokenizer.pad_token_id
     per_client: dict[int, tuple[dict, dict, dict]] = {}
     for stage in scenario.stages:
         for client, parts in stage.client_data.items():
+            if only is not None and client not in only:
+                continue
             samples, instructions, tasks = per_client.setdefault(client, ({}, {}, {}))
             encoded = [ws.train_samples(task)[int(i)] for task, idx in parts for i in idx]
             samples[stage.index] = encoded
@@ -216,6 +219,12 @@ def _learners(config: Config, ws: Workspace, scenario: Scenario, slots: SlotLoRA
                               privacy_dir, noise_prg, tasks=tasks)
         for client, (samples, instructions, tasks) in sorted(per_client.items())
     }
+
+
+def largest_client_stage(scenario: Scenario) -> int:
+    """The most samples one client holds in one stage (what a distributed-DP encoding must fit)."""
+    return max((sum(len(idx) for _, idx in parts) for stage in scenario.stages for parts in stage.client_data.values()),
+               default=1)
 
 
 def in_memory_federation(config: Config, fed_id: str, scenario: Scenario, organizer, learners: dict[int, Any],
@@ -273,8 +282,12 @@ def _evaluator(config: Config, ws: Workspace, slots: SlotLoRA, encoder) -> Calla
 
 def run_simulation(config: Config, progress: bool = True, log: Callable[[str], None] = print,
                    privacy_dir: Path | None = None, decryption_log: Path | None = None,
-                   noise_prg: Callable[[str, int, int], Any] | None = None) -> SimulationResult:
+                   noise_prg: Callable[[str, int, int], Any] | None = None, backend: str = "memory",
+                   ray_options: Any = None) -> SimulationResult:
     """Run the configured strategy over the configured FCIT stream; see the module docstring.
+
+    ``backend``: "memory" (every worker in this process) or "ray" (workers in Ray actors,
+    ``ray_options`` a `fcit.ray_backend.RayOptions`; the coordinator stays here).
 
     Under CKKS every decryption is logged (JSON lines) to ``decryption_log``, by default
     ``privacy_dir/decryptions.jsonl`` when there is a ``privacy_dir``.
@@ -296,16 +309,29 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
     encoder = load_encoder(fc.encoder, ws.model_dir)
     fed_id = f"sim-{sc.setting}-{sc.kind}-{fc.strategy}"
     organizer = build_organizer(config, encoder.dim, slots, layout, fed_id)
-    learners = _learners(config, ws, scenario, slots, encoder, privacy_dir, noise_prg)
     if config.dp.enabled and config.dp.mode == "distributed":  # refused before any round: wrap, shares
         from ..dp.distributed import check_encoding
 
-        check_encoding(config, int(organizer.distributed.dim),
-                       max((len(s) for lr in learners.values() for s in lr.samples.values()), default=1))
-    coordinator, workers, aggregation = in_memory_federation(
-        config, fed_id, scenario, organizer, learners,
-        decryption_log=decryption_log or (None if privacy_dir is None else privacy_dir / "decryptions.jsonl"),
-    )
+        check_encoding(config, int(organizer.distributed.dim), largest_client_stage(scenario))
+    decryption_log = decryption_log or (None if privacy_dir is None else privacy_dir / "decryptions.jsonl")
+    if backend == "ray":
+        from .ray_backend import RayOptions, ray_federation
+
+        if noise_prg is not None:
+            raise ConfigError("noise_prg is a test hook of the in-memory backend; the Ray backend draws DP noise "
+                              "from os.urandom in each actor")
+        coordinator, network, description, hosts = ray_federation(
+            config, fed_id, scenario, organizer, ray_options or RayOptions(), privacy_dir, decryption_log)
+        n_workers = len(network.hosts)
+        federate = network.run
+    elif backend == "memory":
+        learners = learners_for(config, ws, scenario, slots, encoder, privacy_dir, noise_prg)
+        coordinator, workers, aggregation = in_memory_federation(
+            config, fed_id, scenario, organizer, learners, decryption_log=decryption_log)
+        description, n_workers = "", len(workers)
+        federate = functools.partial(run_federation, coordinator, workers)
+    else:
+        raise ConfigError(f"backend must be 'memory' or 'ray', got {backend!r}")
     evaluate = _evaluator(config, ws, slots, encoder)
     stage_tasks = [list(stage.tasks) for stage in scenario.stages]
     matrix: list[list[float | None]] = []
@@ -314,9 +340,11 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
     bar = tqdm(total=n_stages * fc.rounds_per_stage, desc=f"{fc.strategy} {sc.setting}-{sc.kind}",
                unit="round", disable=not progress)
     clock = {"t": time.perf_counter(), "applied": 0}
-    log(f"{fed_id}: {len(workers)} workers, {n_stages} stages x {fc.rounds_per_stage} rounds, "
+    log(f"{fed_id}: {n_workers} workers, {n_stages} stages x {fc.rounds_per_stage} rounds, "
         f"slot size {organizer.slot_size}")
-    log(f"aggregation: {aggregation.description}")
+    log(f"aggregation: {DESCRIPTIONS[config.privacy.aggregation]}")
+    if backend == "ray":
+        log(description)
     if config.dp.enabled:
         dp = config.dp
         sigma = "derived per round" if dp.noise_multiplier is None else f"{dp.noise_multiplier:g}"
@@ -345,8 +373,15 @@ def run_simulation(config: Config, progress: bool = True, log: Callable[[str], N
             log(f"after stage {done + 1}/{n_stages}: " + ", ".join(f"{t} {s:.1f}" for t, s in scores.items()))
         clock["t"] = time.perf_counter()
 
-    history = run_federation(coordinator, workers, on_boundary=on_boundary)
-    bar.close()
+    try:
+        history = federate(on_boundary=on_boundary)
+    finally:
+        bar.close()
+        if backend == "ray":
+            import ray
+
+            for host in hosts:
+                ray.kill(host)
     if not coordinator.done or len(matrix) != n_stages:
         raise ConfigError(f"the federation stopped after {len(matrix)} of {n_stages} stages")
     for e in history.of("planned"):

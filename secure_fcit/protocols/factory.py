@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +29,10 @@ from secure_fcit.protocols.ckks import (
     create_keys,
     load_secret,
 )
-from secure_fcit.protocols.secagg import MaskingAggregator, MaskingClient, make_identities
+from secure_fcit.protocols.secagg import Identity, MaskingAggregator, MaskingClient, make_identities
 
-__all__ = ["Aggregation", "build_aggregation", "decryption_logger"]
+__all__ = ["DESCRIPTIONS", "Aggregation", "build_aggregation", "ckks_key_pair", "coordinator_factory", "client_aggregator",
+           "decryption_logger"]
 
 
 @dataclass
@@ -42,11 +43,15 @@ class Aggregation:
 
     @property
     def description(self) -> str:
-        return {
-            "masking": "masking: pairwise masks with dropout recovery; the coordinator sees only the sum",
-            "ckks": "CKKS (SEAL via TenSEAL): the coordinator adds ciphertexts; a contributor decrypts the sum",
-            "plaintext": "plaintext, the INSECURE research aggregator (the coordinator sees every vector)",
-        }[self.kind]
+        return DESCRIPTIONS[self.kind]
+
+
+#: One line per aggregation kind, for logs.
+DESCRIPTIONS: dict[str, str] = {
+    "masking": "masking: pairwise masks with dropout recovery; the coordinator sees only the sum",
+    "ckks": "CKKS (SEAL via TenSEAL): the coordinator adds ciphertexts; a contributor decrypts the sum",
+    "plaintext": "plaintext, the INSECURE research aggregator (the coordinator sees every vector)",
+}
 
 
 def build_aggregation(
@@ -59,20 +64,19 @@ def build_aggregation(
     """Both sides of the configured aggregation for ``client_ids`` (see the module docstring)."""
     kind = privacy.aggregation
     if kind == "plaintext":
-        return Aggregation(
-            kind,
-            functools.partial(PlaintextAggregator, min_contributors=min_contributors),
-            {c: PlaintextClient() for c in client_ids},
-        )
-    identities, directory = make_identities(client_ids)
-    if kind == "masking":
-        params = privacy.masking()
-        return Aggregation(
-            kind,
-            functools.partial(MaskingAggregator, directory, params, min_contributors),
-            {c: MaskingClient(identities[c], directory, params) for c in client_ids},
-        )
-    params = privacy.ckks()
+        identities, directory = {}, {}
+    else:
+        identities, directory = make_identities(client_ids)
+    secret, public = ckks_key_pair(privacy) if kind == "ckks" else (b"", b"")
+    return Aggregation(
+        kind,
+        coordinator_factory(privacy, directory, public, min_contributors),
+        {c: client_aggregator(privacy, c, identities.get(c), directory, secret, decryption_log) for c in client_ids},
+    )
+
+
+def ckks_key_pair(privacy: PrivacyConfig) -> tuple[bytes, bytes]:
+    """(secret, public) CKKS contexts: read from ``privacy.ckks_keys``, else a fresh pair."""
     if privacy.ckks_keys:
         folder = Path(privacy.ckks_keys)
         secret_path, public_path = folder / SECRET_FILE, folder / PUBLIC_FILE
@@ -80,16 +84,42 @@ def build_aggregation(
             raise ConfigError(f"privacy.ckks_keys: {folder} lacks {SECRET_FILE} or {PUBLIC_FILE} (run keys init)")
         secret = secret_path.read_bytes()
         load_secret(secret, secret_path)
-        public = public_path.read_bytes()
-    else:
-        keys = create_keys()
-        secret, public = keys.secret, keys.public
+        return secret, public_path.read_bytes()
+    keys = create_keys()
+    return keys.secret, keys.public
 
-    return Aggregation(
-        kind,
-        functools.partial(CKKSAggregator, directory, public, params, min_contributors),
-        {c: CKKSClient(identities[c], directory, secret, params, decryption_log=decryption_logger(decryption_log, c)) for c in client_ids},
-    )
+
+def coordinator_factory(
+    privacy: PrivacyConfig, directory: Mapping[str, bytes], ckks_public: bytes = b"", min_contributors: int = 1
+) -> Callable[[], SecureAggregator]:
+    """The coordinator's aggregator factory: it holds only public keys (the Ed25519 directory, the
+    public CKKS context)."""
+    kind = privacy.aggregation
+    if kind == "plaintext":
+        return functools.partial(PlaintextAggregator, min_contributors=min_contributors)
+    if kind == "masking":
+        return functools.partial(MaskingAggregator, dict(directory), privacy.masking(), min_contributors)
+    return functools.partial(CKKSAggregator, dict(directory), ckks_public, privacy.ckks(), min_contributors)
+
+
+def client_aggregator(
+    privacy: PrivacyConfig,
+    client_id: str,
+    identity: Identity | None,
+    directory: Mapping[str, bytes],
+    ckks_secret: bytes = b"",
+    decryption_log: Path | None = None,
+) -> ClientAggregator:
+    """Worker ``client_id``'s side of the configured aggregation (its own signing ``identity``)."""
+    kind = privacy.aggregation
+    if kind == "plaintext":
+        return PlaintextClient()
+    if identity is None or identity.client_id != client_id:
+        raise ConfigError(f"{kind} aggregation needs {client_id}'s own identity")
+    if kind == "masking":
+        return MaskingClient(identity, dict(directory), privacy.masking())
+    return CKKSClient(identity, dict(directory), ckks_secret, privacy.ckks(),
+                      decryption_log=decryption_logger(decryption_log, client_id))
 
 
 def decryption_logger(path: Path | None, client: str) -> Callable[[dict], None] | None:

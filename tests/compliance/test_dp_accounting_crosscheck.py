@@ -2,13 +2,17 @@
 ``dp-accounting`` (a test-only dependency): RDP against its RDP accountant at the same orders, PRV
 against its PLD accountant, for every client journal of the committed run ``disco-dp8-s0``.
 
-Regenerate the figures in docs/privacy.md: ``.venv/bin/python -m pytest -q -s tests/compliance/test_dp_accounting_crosscheck.py``.
+RDP is checked for every client. The PLD reference is slow (about 2 s a client), so ``make test``
+checks PRV on 10 of the 50 clients, evenly spread over their sorted ids; the figures in
+docs/privacy.md cover all 50: ``SECURE_FCIT_FULL_CROSSCHECK=1 .venv/bin/python -m pytest -q -s
+tests/compliance/test_dp_accounting_crosscheck.py``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -46,12 +50,16 @@ def test_every_client_agrees_with_dp_accounting(caplog):
     histories = _histories()
     assert len(histories) == 50
     orders = [float(a) for a in RDPAccountant.DEFAULT_ALPHAS]
+    ids = sorted(histories)
+    prv_clients = set(ids if os.environ.get("SECURE_FCIT_FULL_CROSSCHECK") == "1" else ids[::5])
     rel_rdp, rel_prv = {}, {}
     for client, (history, delta) in histories.items():
         ref = rdp.RdpAccountant(orders=orders)  # add/remove-one, Poisson-sampled Gaussian
         ref.compose(_event(history))
         ours = rdp_epsilon(history, delta)
         rel_rdp[client] = (ours - ref.get_epsilon(delta)) / ref.get_epsilon(delta)
+        if client not in prv_clients:
+            continue
         ref_pld = pld.PLDAccountant(value_discretization_interval=1e-3)
         ref_pld.compose(_event(history))
         eps_pld = ref_pld.get_epsilon(delta)
@@ -59,7 +67,7 @@ def test_every_client_agrees_with_dp_accounting(caplog):
     worst_rdp = max(rel_rdp, key=lambda c: abs(rel_rdp[c]))
     worst_prv = max(rel_prv, key=lambda c: abs(rel_prv[c]))
     print(f"\n{len(histories)} clients: RDP vs dp-accounting RDP, max |relative difference| "
-          f"{abs(rel_rdp[worst_rdp]):.3%} ({worst_rdp}); PRV vs dp-accounting PLD: "
+          f"{abs(rel_rdp[worst_rdp]):.3%} ({worst_rdp}); PRV vs dp-accounting PLD ({len(rel_prv)} clients): "
           f"{min(rel_prv.values()):+.3%} to {max(rel_prv.values()):+.3%} ({worst_prv})")
     assert abs(rel_rdp[worst_rdp]) < 0.02
     assert abs(rel_prv[worst_prv]) < 0.03

@@ -1,0 +1,141 @@
+"""``simulate --backend ray``: workers in Ray actors on a two-node local cluster, the coordinator in
+the driver. The cluster is started here (``ray start --head`` plus a second node joining it) and
+torn down after the module.
+
+- A Ray run equals the in-memory run bit for bit (plaintext and masking, micro model).
+- An actor killed mid-round (an adversarial subclass of the project's `RayNetwork` kills it right
+  after handing it the round) is a dropped client, and the secure sum completes the round.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from secure_fcit.fcit.ray_backend import RayOptions, ray_federation
+from secure_fcit.fcit.simulate import run_simulation, scenario_for
+from secure_fcit.protocols.messages import RoundStart
+from secure_fcit.protocols.ray_transport import RayNetwork
+from tests.integration.test_simulate import micro_config
+
+# Ray reads its authentication mode when it is imported: the cluster below uses tokens.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+ray = pytest.importorskip("ray")
+
+RAY = Path(sys.executable).with_name("ray")
+STAGES = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node and a second node process joining it, one CPU each."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    temp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # Ray's socket paths must stay short
+    address = f"127.0.0.1:{_free_port()}"
+    common = ["--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
+    start = [
+        [str(RAY), "start", "--head", f"--port={address.split(':')[1]}", f"--temp-dir={temp}",
+         "--include-dashboard=false", *common],
+        [str(RAY), "start", f"--address={address}", *common],
+    ]
+    try:
+        for cmd in start:
+            subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        yield address
+    finally:
+        ray.shutdown()
+        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _config(micro_model_dir, cache, aggregation, **scenario):
+    cfg = micro_config(micro_model_dir, cache, "disco", aggregation=aggregation)
+    return replace(cfg, scenario=replace(cfg.scenario, max_stages=STAGES, **scenario))
+
+
+@pytest.mark.parametrize("aggregation", ["plaintext", "masking"])
+def test_a_ray_run_equals_the_in_memory_run_bit_for_bit(aggregation, cluster, micro_model_dir, tmp_path):
+    torch.set_num_threads(1)  # the actors run one thread each: the same float reduction order
+    cfg = _config(micro_model_dir, tmp_path / "cache", aggregation)
+    memory = run_simulation(cfg, progress=False, log=lambda m: None)
+    lines: list[str] = []
+    on_ray = run_simulation(cfg, progress=False, log=lines.append, backend="ray", ray_options=RayOptions(actors=2))
+    assert any("Ray backend: 4 clients in 2 actors" in line for line in lines), lines
+    assert on_ray.events["applied"] == memory.events["applied"] == STAGES * cfg.fcit.rounds_per_stage
+    assert "aborted" not in on_ray.events
+    assert on_ray.opened_per_stage == memory.opened_per_stage
+    assert np.array_equal(on_ray.state["tokens"], memory.state["tokens"])
+    assert on_ray.state["slots"].dtype == memory.state["slots"].dtype
+    assert np.array_equal(on_ray.state["slots"], memory.state["slots"])  # bit for bit
+    assert on_ray.accuracy_matrix == memory.accuracy_matrix
+
+
+class KillingNetwork(RayNetwork):
+    """The attack on liveness: the actor of the first cohort member the round ``at`` goes to is
+    killed just after the coordinator hands it the round, while it trains."""
+
+    def __init__(self, coordinator, hosts, at: tuple[int, int]) -> None:
+        super().__init__(coordinator, hosts)
+        self.at, self.victim = at, None
+
+    def _submit(self, host, recipient, message, data):
+        ref = super()._submit(host, recipient, message, data)
+        if self.victim is None and isinstance(message, RoundStart) and (message.stage, message.round) == self.at:
+            self.victim = recipient
+            ray.kill(host, no_restart=True)
+        return ref
+
+
+def test_an_actor_killed_mid_round_is_a_dropped_client_and_the_round_completes(cluster, micro_model_dir, tmp_path):
+    from secure_fcit.fcit.simulate import build_organizer, build_slots, slot_layout, stream_tasks
+    from secure_fcit.fcit.workspace import prepare_workspace
+    from secure_fcit.model.encoder import load_encoder
+
+    # 5 clients, 4 per round: masking's threshold (3 of 4) survives one dropout. One actor per
+    # client, so the kill takes out exactly one cohort member.
+    cfg = _config(micro_model_dir, tmp_path / "cache", "masking", n_clients=5, clients_per_round=4)
+    ws = prepare_workspace(cfg, stream_tasks(cfg), progress=False)
+    scenario = scenario_for(cfg, ws)
+    model, _ = ws.base_model()
+    layout = slot_layout(cfg, len(scenario.stages))
+    slots = build_slots(model, layout)
+    organizer = build_organizer(cfg, load_encoder(cfg.fcit.encoder, ws.model_dir).dim, slots, layout)
+    options = RayOptions(actors=5, resources={"num_cpus": 0.2})  # 5 actors on one 1-CPU node
+    coordinator, network, _, hosts = ray_federation(cfg, "ray-kill", scenario, organizer, options)
+    at = (STAGES - 1, 0)  # the last round: later cohorts would draw the dead client again
+    attack = KillingNetwork(coordinator, network.hosts, at)
+    try:
+        history = attack.run()
+    finally:
+        for host in hosts:
+            ray.kill(host)
+    assert attack.victim is not None, "the attack never fired"
+    assert coordinator.done
+    victim_host = network.hosts[attack.victim]
+    assert attack.dead == {c for c, h in network.hosts.items() if h is victim_host} == {attack.victim}
+    applied = [e for e in history.events if e["event"] == "applied"]
+    assert [(e["stage"], e["round"]) for e in applied] == [(s, r) for s in range(STAGES)
+                                                            for r in range(cfg.fcit.rounds_per_stage)]
+    last = applied[-1]
+    assert attack.victim not in last["contributors"] and len(last["contributors"]) == 3, last
+    drops = [e for e in history.events if e["event"] == "drop" and e["peer"] == attack.victim]
+    assert drops and drops[0]["reason"] == "connection lost" and drops[0]["in_phase"]
+    assert "aborted" not in {e["event"] for e in history.events}
