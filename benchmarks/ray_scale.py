@@ -11,9 +11,9 @@ Parts:
   the wall times and their ratio, measured in one run on the same machine.
 - ``scale``: one stage of 1,000 clients on the micro model (the embedded architecture at its
   smallest), 100 clients per round, masking over a k-regular neighbour graph whose degree is the
-  smallest even k that `privacy.colluders` = 3 cannot beat (the degree rule of
-  ``MaskingParams.unsafe``: t > (k + 1 + c) / 2). Time per round and the peak resident memory of
-  the driver and of every actor.
+  smallest even k that `privacy.colluders` = 3 cannot beat (threat_model.md §2.2: k + 1 > 3c at
+  threshold 2/3, checked with ``MaskingParams.unsafe``; k = 10). Time per round and the peak
+  resident memory of the driver and of every actor.
 - ``throughput``: rounds per minute with 1, 2, 4, 8 and 16 actors (GPU fractions 1/n when the
   cluster has a GPU). Needs that many CPUs; parts that do not fit are reported as not measured.
 
@@ -51,10 +51,12 @@ def rss_mb() -> float:
 
 
 def safe_degree(colluders: int, threshold: float = 2 / 3) -> int:
-    """The smallest even degree whose neighbourhoods (degree + 1) the ``colluders`` cannot beat."""
+    """The smallest even degree k that the ``colluders`` cannot beat with a split view and that
+    still tolerates dropouts: threat_model.md §2.2's k + 1 > 3c at threshold 2/3 (a smaller
+    neighbourhood passes ``MaskingParams.unsafe`` only with t = |N|, where one dropout aborts)."""
     params = MaskingParams(threshold=threshold, colluders=colluders)
     for k in range(2, 1000, 2):
-        if params.unsafe(k + 1) is None:
+        if k + 1 > 3 * colluders and params.unsafe(k + 1) is None:
             return k
     raise ConfigError(f"no degree below 1000 is safe against {colluders} colluders")
 

@@ -4,7 +4,8 @@ What runs where:
 
 - **Driver** (the ``simulate`` process): the Coordinator, the organizer (DKO / the baselines), the
   evaluation after each stage, and the coordinator's side of the secure sum, which holds only
-  public keys (the Ed25519 directory; under CKKS the public context).
+  public keys (the Ed25519 directory; under CKKS the public context: CKKS needs a
+  ``privacy.ckks_keys`` folder, whose secret context only the actors read).
 - **Actors** (`ClientHost`, one per core by default): each holds a share of the clients, their
   data, their learners, their own copy of the base model, their DP journals, and their side of the
   secure sum. Each client's signing key is made inside its actor; only the public half leaves it.
@@ -121,12 +122,14 @@ class ClientHost:
         """{client id: Ed25519 public key} of this host's clients (empty under plaintext)."""
         return {c: i.public for c, i in self._identities.items()}
 
-    def attach(self, directory: Mapping[str, bytes], ckks_secret: bytes = b"", decryption_log: str | None = None) -> int:
-        """Build each client's Worker against the federation's public ``directory``; returns its pid."""
-        from ..protocols.factory import client_aggregator
+    def attach(self, directory: Mapping[str, bytes], decryption_log: str | None = None) -> int:
+        """Build each client's Worker against the federation's public ``directory``; returns its pid.
+        Under CKKS each actor reads the secret context from ``privacy.ckks_keys`` itself."""
+        from ..protocols.factory import ckks_key_pair, client_aggregator
         from ..protocols.worker import Worker
         from .simulate import client_id, worker_options
 
+        ckks_secret = ckks_key_pair(self.config.privacy)[0] if self.config.privacy.aggregation == "ckks" else b""
         log = None if decryption_log is None else Path(decryption_log)
         for c, learner in self.learners.items():
             cid = client_id(c)
@@ -213,6 +216,22 @@ def pool_size(options: RayOptions, n_clients: int, nodes: Sequence[Mapping[str, 
 START_TIMEOUT_S = 600.0
 
 
+def ckks_public(privacy) -> bytes:
+    """The public CKKS context for the driver. The Ray backend needs ``privacy.ckks_keys`` (a
+    ``keys init`` folder every actor can read): the actors read the secret context there, and the
+    driver, which runs the coordinator, reads only the public one."""
+    from ..protocols.ckks import PUBLIC_FILE
+
+    if not privacy.ckks_keys:
+        raise ConfigError("CKKS on the Ray backend needs privacy.ckks_keys (run `python -m secure_fcit keys init`): "
+                          "the actors read the secret context there, and the driver, where the coordinator runs, "
+                          "must never hold it")
+    path = Path(privacy.ckks_keys) / PUBLIC_FILE
+    if not path.is_file():
+        raise ConfigError(f"privacy.ckks_keys: {path} is missing (run keys init)")
+    return path.read_bytes()
+
+
 def ray_federation(config: Config, federation_id: str, scenario, organizer, options: RayOptions,
                    privacy_dir: Path | None = None, decryption_log: Path | None = None):
     """The Coordinator (here) and a pool of `ClientHost` actors (in Ray) for ``scenario``; returns
@@ -220,11 +239,12 @@ def ray_federation(config: Config, federation_id: str, scenario, organizer, opti
     import numpy as np
 
     from ..protocols import Coordinator
-    from ..protocols.factory import ckks_key_pair, coordinator_factory
+    from ..protocols.factory import coordinator_factory
     from ..protocols.interfaces import ScenarioSchedule
     from ..protocols.ray_transport import RayNetwork
     from .simulate import client_id
 
+    public = ckks_public(config.privacy) if config.privacy.aggregation == "ckks" else b""
     ray = _init_ray(options)
     clients = sorted({c for stage in scenario.stages for c in stage.client_data})
     n = pool_size(options, len(clients), [node["Resources"] for node in ray.nodes() if node["Alive"]])
@@ -236,17 +256,17 @@ def ray_federation(config: Config, federation_id: str, scenario, organizer, opti
              for group in groups]
     directory: dict[str, bytes] = {}
     try:
-        started = ray.get([h.public_keys.remote() for h in hosts], timeout=START_TIMEOUT_S)
-    except ray.exceptions.GetTimeoutError:
+        for keys in ray.get([h.public_keys.remote() for h in hosts], timeout=START_TIMEOUT_S):
+            directory.update(keys)
+        log = None if decryption_log is None else str(decryption_log)
+        pids = ray.get([h.attach.remote(directory, log) for h in hosts], timeout=START_TIMEOUT_S)
+    except BaseException as exc:
         for h in hosts:
             ray.kill(h)
-        raise ConfigError(f"the {n} Ray actors did not start within {START_TIMEOUT_S:g} s; is the cluster busy, "
-                          f"or short of {dict(resources)} per actor?") from None
-    for keys in started:
-        directory.update(keys)
-    secret, public = ckks_key_pair(config.privacy) if config.privacy.aggregation == "ckks" else (b"", b"")
-    log = None if decryption_log is None else str(decryption_log)
-    pids = ray.get([h.attach.remote(directory, secret, log) for h in hosts])
+        if isinstance(exc, ray.exceptions.GetTimeoutError):
+            raise ConfigError(f"the {n} Ray actors did not start within {START_TIMEOUT_S:g} s; is the cluster "
+                              f"busy, or short of {dict(resources)} per actor?") from None
+        raise
     factory = coordinator_factory(config.privacy, directory, public)
     coordinator = Coordinator(
         federation_id, ScenarioSchedule(scenario, client_id), factory, organizer, organizer.slot_size,

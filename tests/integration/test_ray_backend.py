@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,26 +45,49 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head node and a second node process joining it, one CPU each."""
+    """A head node and a second node process joining it, one CPU each. Each ``ray start --block``
+    stays in the foreground and takes its node's processes down when it is terminated, so the
+    teardown stops this cluster only (another test worker may run its own)."""
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     temp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # Ray's socket paths must stay short
-    address = f"127.0.0.1:{_free_port()}"
-    common = ["--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
-    start = [
-        [str(RAY), "start", "--head", f"--port={address.split(':')[1]}", f"--temp-dir={temp}",
-         "--include-dashboard=false", *common],
-        [str(RAY), "start", f"--address={address}", *common],
-    ]
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--block", "--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
+    logs = [open(Path(temp) / f"node{i}.log", "w") for i in range(2)]
+    nodes = [subprocess.Popen([str(RAY), "start", "--head", f"--port={port}", f"--temp-dir={temp}",
+                               "--include-dashboard=false", *common], env=env, stdout=logs[0], stderr=subprocess.STDOUT)]
     try:
-        for cmd in start:
-            subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
+        _wait_for_nodes(address, 1, nodes, temp)
+        nodes.append(subprocess.Popen([str(RAY), "start", f"--address={address}", *common], env=env,
+                                      stdout=logs[1], stderr=subprocess.STDOUT))
+        _wait_for_nodes(address, 2, nodes, temp)
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
-        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
         yield address
     finally:
         ray.shutdown()
-        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for proc in reversed(nodes):
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for f in logs:
+            f.close()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _wait_for_nodes(address: str, n: int, nodes, temp: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in nodes):
+            break
+        status = subprocess.run([str(RAY), "status", f"--address={address}"], capture_output=True, text=True,
+                                env={**os.environ, "RAY_AUTH_MODE": "token"}, timeout=60)
+        if status.returncode == 0 and status.stdout.count("node_") >= n:
+            return
+        time.sleep(1.0)
+    logs = "\n".join(p.read_text()[-1500:] for p in sorted(Path(temp).glob("node*.log")))
+    pytest.fail(f"the Ray cluster at {address} did not reach {n} node(s):\n{logs}")
 
 
 def _config(micro_model_dir, cache, aggregation, **scenario):
@@ -139,3 +163,25 @@ def test_an_actor_killed_mid_round_is_a_dropped_client_and_the_round_completes(c
     drops = [e for e in history.events if e["event"] == "drop" and e["peer"] == attack.victim]
     assert drops and drops[0]["reason"] == "connection lost" and drops[0]["in_phase"]
     assert "aborted" not in {e["event"] for e in history.events}
+
+
+def test_simulate_on_ray_from_the_command_line(cluster, micro_model_dir, tmp_path, capsys):
+    from secure_fcit.cli import main
+    from tests.micro import write_micro_toml
+
+    toml = write_micro_toml(tmp_path / "micro.toml", micro_model_dir, tmp_path / "cache")
+    out = tmp_path / "run"
+    rc = main(["simulate", "--config", str(toml), "--backend", "ray", "--ray-address", cluster, "--actors", "2",
+               "--client-resources", "num_cpus=0.5", "--set", "scenario.max_stages=2", "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err[-2000:]
+    assert "Ray backend: 4 clients in 2 actors (num_cpus=0.5 each" in captured.err
+    assert (out / "metrics.json").is_file() and (out / "state" / "slots.safetensors").is_file()
+
+
+def test_ckks_on_ray_without_a_key_folder_is_refused(cluster, micro_model_dir, tmp_path):
+    from secure_fcit.errors import ConfigError
+
+    cfg = _config(micro_model_dir, tmp_path / "cache", "ckks")
+    with pytest.raises(ConfigError, match="privacy.ckks_keys"):
+        run_simulation(cfg, progress=False, log=lambda m: None, backend="ray", ray_options=RayOptions(actors=2))
