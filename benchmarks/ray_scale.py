@@ -76,7 +76,8 @@ def micro_config(cache: Path, n_clients: int, per_round: int, rounds: int, degre
         "fcit": {"rounds_per_stage": rounds, "local_epochs": 1.0, "local_batch_size": 8, "lr": 1e-2,
                  "slot_rank": 2, "slot_alpha": 4.0, "tau": 0.5, "n_buckets": 16, "k_min": 2,
                  "min_open_samples": 1},
-        "privacy": {"aggregation": "masking", "degree": degree, "colluders": colluders,
+        # bound: a token phase sums every client (1,000 values must fit 32 bits with >= 8 fractional bits)
+        "privacy": {"aggregation": "masking", "degree": degree, "colluders": colluders, "bound": 1024.0,
                     "min_cohort": min(5, per_round)},
     })
 
