@@ -10,25 +10,31 @@ TEST_WORKERS ?= 2
 
 .PHONY: demo test lint validity clean-venv
 
-# The project and its runtime dependencies: all `make demo` needs.
-$(STAMP): pyproject.toml
+# The venv with torch (the CPU wheel unless a torch is already there).
+define VENV_WITH_TORCH
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+endef
+
+# The project and its runtime dependencies: all `make demo` needs.
+$(STAMP): pyproject.toml
+	$(VENV_WITH_TORCH)
 	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
 
-# ... plus the test tools, dp-accounting and Ray (the dev extra): what `make test` needs.
+# The same plus the test tools, dp-accounting and Ray (the dev extra): what `make test` needs.
 DEV_STAMP := $(VENV)/.dev-stamp
-$(DEV_STAMP): $(STAMP)
+$(DEV_STAMP): pyproject.toml
+	$(VENV_WITH_TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $(DEV_STAMP)
+	touch $(STAMP) $(DEV_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m secure_fcit demo --config configs/demo.toml
 
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check secure_fcit tests benchmarks
