@@ -7,6 +7,8 @@ section validates its own ranges in ``__post_init__``. Nothing here silently cha
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import tomllib
 import types
 import typing
@@ -338,6 +340,17 @@ class PrivacyConfig:
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
 
 
+@functools.lru_cache(maxsize=64)
+def _token_noise_multiplier(epsilon: float, delta: float) -> float:
+    from .dp.accounting import derive_noise_multiplier
+
+    z = derive_noise_multiplier([], (0.0, 1.0, 1), epsilon, delta)
+    if z is None:
+        raise ConfigError(f"no token noise multiplier up to 100 keeps one release within epsilon {epsilon:g} "
+                          f"(delta {delta:g}): raise dp.epsilon or dp.token_epsilon_share")
+    return z
+
+
 @dataclass(frozen=True)
 class DPConfig:
     """Sample-level DP-SGD per client (Opacus) with a persistent accountant and a hard budget."""
@@ -401,6 +414,31 @@ class DPConfig:
     #: by 2^scale_bits, rounded once and noised with integer Skellam noise, accounted with Skellam
     #: RDP: no floating-point noise). Distributed DP is always Skellam.
     noise: str = "gaussian"
+    #: Token-phase DP (both modes): a client's identity token is built from S, the sum of its stage
+    #: instructions' unit embeddings, and n, their count. One Gaussian mechanism noises (S, n); its
+    #: noise multiplier is the smallest with which one release alone spends at most this share of
+    #: ``epsilon`` (at ``delta``). The task's sigma (or Skellam variance) is then derived with the
+    #: token releases in its schedule, so the total stays within ``epsilon``.
+    token_epsilon_share: float = 0.3
+    #: The count's noise over the token's: std(n noise) = token_count_ratio * std(S noise per coordinate).
+    token_count_ratio: float = 2.5
+
+    @property
+    def token_noise_multiplier(self) -> float:
+        """z of the token mechanism: (S / token_sigma, n / token_count_sigma) has L2 sensitivity
+        sqrt(1/token_sigma^2 + 1/token_count_sigma^2) = 1/z under add/remove one sample, and unit
+        Gaussian noise; one release at z spends ``token_epsilon_share * epsilon``."""
+        return _token_noise_multiplier(self.token_epsilon_share * self.epsilon, self.delta)
+
+    @property
+    def token_sigma(self) -> float:
+        """Noise std per coordinate of S, in units of one sample's unit embedding."""
+        return self.token_noise_multiplier * math.sqrt(1.0 + 1.0 / self.token_count_ratio**2)
+
+    @property
+    def token_count_sigma(self) -> float:
+        """Noise std of the count n."""
+        return self.token_count_ratio * self.token_sigma
 
     def __post_init__(self) -> None:
         if not self.epsilon > 0:
@@ -441,6 +479,13 @@ class DPConfig:
         if self.noise == "skellam" and self.accountant != "rdp":
             raise ConfigError("dp.noise = 'skellam' is accounted with RDP (the Skellam mechanism has no PRV analysis "
                               f"here); set dp.accountant = 'rdp', not {self.accountant!r}")
+        share = self.token_epsilon_share
+        if not (isinstance(share, int | float) and math.isfinite(share) and 0.01 <= share <= 0.9):
+            raise ConfigError(f"dp.token_epsilon_share must be in [0.01, 0.9] (the share of epsilon one identity-token "
+                              f"release may spend; token-phase DP cannot be turned off), got {share!r}")
+        ratio = self.token_count_ratio
+        if not (isinstance(ratio, int | float) and math.isfinite(ratio) and 0.1 <= ratio <= 100):
+            raise ConfigError(f"dp.token_count_ratio must be in [0.1, 100], got {ratio!r}")
         if self.mode == "distributed" and self.accountant != "rdp":
             raise ConfigError("dp.mode = 'distributed' is accounted with RDP (the Skellam mechanism has no PRV "
                               f"analysis here); set dp.accountant = 'rdp', not {self.accountant!r}")

@@ -41,7 +41,7 @@ from ..errors import PrivacyError
 __all__ = ["Mechanism", "PRVResult", "rdp_epsilon", "prv_epsilon", "prv_result", "epsilon",
            "derive_noise_multiplier", "PRV_EPS_ERROR", "PRV_MAX_L", "PRV_MAX_DOMAIN", "STREAM_PARTITION",
            "entry_tasks", "task_histories", "task_releases", "SKELLAM_KIND", "skellam_release",
-           "task_epsilon"]
+           "task_epsilon", "TOKEN_KIND", "GAUSSIAN_KINDS"]
 
 Mechanism = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps)
 
@@ -56,14 +56,22 @@ def entry_tasks(entry: dict) -> tuple[str, ...]:
     return tuple(tasks) if tasks else (STREAM_PARTITION,)
 
 
+#: The journal kind of a token-phase release (`dp.client.noisy_token`): one Gaussian mechanism
+#: on (token sum, count), recorded as the Mechanism (noise multiplier, q = 1, steps = 1).
+TOKEN_KIND = "token"
+#: Journal kinds that are Gaussian mechanisms in a task's history.
+GAUSSIAN_KINDS = ("dp-sgd", TOKEN_KIND)
+
+
 def task_histories(entries: Sequence[dict]) -> dict[str, list[Mechanism]]:
-    """Per-task accounting (parallel composition): each task's history holds the DP-SGD mechanisms
-    that touched its samples, in journal order. A sample belongs to one task, a public label fixed
-    before training, and enters only the rounds on its task's data; a task that returns composes all
-    its stages. The client's guarantee is the maximum over its tasks' epsilons."""
+    """Per-task accounting (parallel composition): each task's history holds the Gaussian mechanisms
+    (DP-SGD rounds and token releases) that touched its samples, in journal order. A sample belongs
+    to one task, a public label fixed before training, and enters only the rounds on its task's data;
+    a task that returns composes all its stages. The client's guarantee is the maximum over its
+    tasks' epsilons."""
     out: dict[str, list[Mechanism]] = {}
     for e in entries:
-        if e.get("kind") == "dp-sgd":
+        if e.get("kind") in GAUSSIAN_KINDS:
             for task in entry_tasks(e):
                 out.setdefault(task, []).append((e["sigma"], e["q"], e["steps"]))
     return out

@@ -26,7 +26,7 @@ from .accounting import STREAM_PARTITION
 from .ledger import PrivacyLedger, ReleasePlan, RoundPlan
 from .sgd import DPStepResult, clipped_per_sample_grads, dp_train_steps
 
-__all__ = ["ClientPrivacy", "planned_rounds", "planned_by_task"]
+__all__ = ["ClientPrivacy", "planned_rounds", "planned_by_task", "noisy_token", "noisy_sum"]
 
 
 def planned_rounds(config: Config, n_stages: int) -> int:
@@ -46,6 +46,37 @@ def planned_by_task(config: Config, tasks: dict[int, tuple[str, ...]], n_stages:
         for task in tasks.get(stage) or (STREAM_PARTITION,):
             stages[task] = stages.get(task, 0) + 1
     return {task: planned_rounds(config, m) for task, m in stages.items()}
+
+
+def noisy_token(embeddings: np.ndarray, token_sigma: float, count_sigma: float,
+                prg: ChaCha20PRG) -> tuple[np.ndarray, float]:
+    """The token mechanism (``dp.token_sigma``, ``dp.token_count_sigma``): (unit token, count).
+
+    Each row of ``embeddings`` (one per sample) is clipped to norm 1; S is their sum and n their
+    number, so one sample more or less moves (S / token_sigma, n / count_sigma) by at most
+    sqrt(1/token_sigma^2 + 1/count_sigma^2) in L2. Gaussian noise of these standard deviations is
+    added to S and n; the token is the noisy S normalised, the count the noisy n floored at 1.
+    Both are post-processing of that one Gaussian mechanism, and so is everything computed from
+    them (the token block, the slot choice of every round)."""
+    s, n = noisy_sum(embeddings, token_sigma, count_sigma, prg)
+    norm = float(np.linalg.norm(s))
+    if not norm > 0:  # probability zero; the direction is then any unit vector
+        s, norm = np.eye(1, s.size).ravel(), 1.0
+    return s / norm, max(n, 1.0)
+
+
+def noisy_sum(embeddings: np.ndarray, token_sigma: float, count_sigma: float,
+              prg: ChaCha20PRG) -> tuple[np.ndarray, float]:
+    """The token mechanism's raw output (`noisy_token`): (S + N(0, token_sigma^2 I), n + N(0, count_sigma^2)),
+    S the sum of the rows of ``embeddings`` clipped to norm 1."""
+    emb = np.asarray(embeddings, dtype=np.float64)
+    if emb.ndim != 2 or not len(emb) or not np.isfinite(emb).all():
+        raise PrivacyError(f"the token mechanism needs finite (n >= 1, d) embeddings, got shape {emb.shape}")
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    clipped = emb / np.maximum(norms, 1.0)
+    noise = prg.normal(emb.shape[1] + 1)
+    return (clipped.sum(axis=0) + float(token_sigma) * noise[:-1],
+            float(len(emb)) + float(count_sigma) * float(noise[-1]))
 
 
 class ClientPrivacy:
@@ -80,7 +111,13 @@ class ClientPrivacy:
             self.error = str(exc)
         self._plans: dict[tuple[int, int], RoundPlan] = {}
         self.last_release: ReleasePlan | None = None
-        self._released: set[int] = set()
+        # The token releases each task plans: one per stage that holds it (local DP-SGD sizes sigma
+        # for them); distributed DP sizes the public variance for one stage's, like its rounds.
+        stages: dict[str, int] = {}
+        for labels in self.tasks.values():
+            for task in labels or (STREAM_PARTITION,):
+                stages[task] = stages.get(task, 0) + 1
+        self.token_stages: int | dict[str, int] = stages or 1
 
     def close(self) -> None:
         """Release the ledger folder's lock (a restarted client in this process can then open it)."""
@@ -91,7 +128,7 @@ class ClientPrivacy:
         if self.ledger is None:
             raise JournalError(self.journal_error())
         return self.ledger.plan(stage, round, n_samples, self.batch_size, self.local_epochs, self.planned_rounds,
-                                self.tasks.get(stage) or (STREAM_PARTITION,))
+                                self.tasks.get(stage) or (STREAM_PARTITION,), token_stages=self.token_stages)
 
     def journal_error(self) -> str | None:
         if self.ledger is None:
@@ -139,7 +176,8 @@ class ClientPrivacy:
         q = float(self.dp.sample_rate)
         steps = max(1, int(builtins.round(self.local_epochs / q)))
         plan = self.ledger.plan_release(stage, round, len(samples), l2, l1, q, self.planned_rounds,
-                                        self.tasks.get(stage) or (STREAM_PARTITION,), steps=steps)
+                                        self.tasks.get(stage) or (STREAM_PARTITION,), steps=steps,
+                                        token_stages=self.token_stages)
         self.ledger.charge_release(plan, noise="skellam-local", scale_bits=bits, dim=dim)  # fsynced first
         self.last_release = plan
         return dp_train_steps(model, params, samples, noise_multiplier=0.0, max_grad_norm=self.dp.max_grad_norm,
@@ -176,7 +214,7 @@ class ClientPrivacy:
         enc = self._encoding(dim, frac_bits)
         l2, l1 = enc.sensitivity()
         plan = self.ledger.plan_release(stage, round, n_samples, l2, l1, self.dp.sample_rate, self.public_rounds,
-                                        self.tasks.get(stage) or (STREAM_PARTITION,), public=True)
+                                        self.tasks.get(stage) or (STREAM_PARTITION,), public=True, token_stages=1)
         share = share_variance(plan.mu, cohort_size, t, colluders)
         try:
             wrap_check(enc, n_samples, share, client_budget(bound, enc.scale_bits))
@@ -219,10 +257,13 @@ class ClientPrivacy:
         out[n_active * enc.padded + position] = 1.0
         return out
 
-    def record_token_release(self, stage: int, n_samples: int) -> None:
-        """The identity token (n_k * mean embedding of the stage's instructions) and n_k leave
-        the client without DP noise; the journal lists the release (once per stage)."""
-        if stage in self._released or self.ledger is None:
-            return
-        self.ledger.record_release(stage, -1, "identity-token", n_samples=n_samples)
-        self._released.add(stage)
+    def noisy_token(self, stage: int, embeddings: np.ndarray) -> tuple[np.ndarray, float]:
+        """This stage's identity token under DP (`noisy_token`): the mechanism is journaled and
+        fsynced on the stage's tasks first (`PrivacyLedger.charge_token`; `BudgetExhausted` over
+        the cap), then its noise is drawn from a fresh ChaCha20 key. Called again for the same stage
+        (a restarted client), it is charged again: nothing is reused from an earlier draw."""
+        if self.ledger is None:
+            raise JournalError(self.journal_error())
+        self.ledger.charge_token(stage, len(embeddings), self.tasks.get(stage) or (STREAM_PARTITION,))
+        prg = ChaCha20PRG() if self._noise_prg is None else self._noise_prg(stage, -1)
+        return noisy_token(embeddings, self.dp.token_sigma, self.dp.token_count_sigma, prg)

@@ -40,7 +40,7 @@ _GENESIS_VERSION = 1
 SIG_CONTEXT = b"secure-fcit/v1/spend-journal-entry\n"
 #: Every entry carries these; DP entries add sigma, C, q, steps and the epsilons.
 BASE_KEYS = frozenset({"v", "seq", "time", "client", "stage", "round", "kind", "prev", "hash"})
-KINDS = frozenset({"dp-sgd", "skellam", "release"})
+KINDS = frozenset({"dp-sgd", "skellam", "token", "release"})
 DP_KEYS = frozenset({"sigma", "C", "q", "steps", "eps_rdp", "eps_prv", "delta"})
 #: a distributed-DP (Skellam) release: integer-unit variance and sensitivities, one step
 SKELLAM_KEYS = frozenset({"mu", "l2", "l1", "q", "steps", "C", "eps_rdp", "delta", "tasks"})
@@ -132,8 +132,8 @@ def read_journal(path: Path, client_id: str | None = None,
             raise JournalError(f"{where}: missing fields {sorted(BASE_KEYS - set(entry or {}))}")
         if entry["kind"] not in KINDS:
             raise JournalError(f"{where}: unknown kind {entry['kind']!r}")
-        if entry["kind"] == "dp-sgd" and not DP_KEYS <= set(entry):
-            raise JournalError(f"{where}: a dp-sgd entry lacks {sorted(DP_KEYS - set(entry))}")
+        if entry["kind"] in ("dp-sgd", "token") and not DP_KEYS <= set(entry):
+            raise JournalError(f"{where}: a {entry['kind']} entry lacks {sorted(DP_KEYS - set(entry))}")
         if entry["kind"] == "skellam" and not SKELLAM_KEYS <= set(entry):
             raise JournalError(f"{where}: a skellam entry lacks {sorted(SKELLAM_KEYS - set(entry))}")
         if owner is None:

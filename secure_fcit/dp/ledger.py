@@ -39,6 +39,7 @@ from ..errors import BudgetExhausted, JournalError, PrivacyError
 from .accounting import (
     SKELLAM_KIND,
     STREAM_PARTITION,
+    TOKEN_KIND,
     Mechanism,
     derive_noise_multiplier,
     epsilon,
@@ -265,12 +266,14 @@ class PrivacyLedger:
 
     # --- planning and charging -----------------------------------------------------------------
     def plan(self, stage: int, round: int, n_samples: int, batch_size: int, local_epochs: float,
-             planned_rounds: int | dict[str, int], tasks: tuple[str, ...] = (STREAM_PARTITION,)) -> RoundPlan:
+             planned_rounds: int | dict[str, int], tasks: tuple[str, ...] = (STREAM_PARTITION,),
+             token_stages: int | dict[str, int] = 0) -> RoundPlan:
         """The round's (sigma, q, steps); raises `BudgetExhausted` or `PrivacyError` with the reason.
 
         ``tasks``: the tasks of the round's samples; each task's history is charged, and sigma is
         the largest any of them needs. ``planned_rounds``: the rounds the client plans on each task
-        (one number for all, or per task), for deriving sigma from the budget."""
+        (one number for all, or per task), for deriving sigma from the budget; ``token_stages``:
+        the token releases each task plans (one per stage that holds it), composed into that budget."""
         dp = self.dp
         tasks = tuple(dict.fromkeys(tasks)) or (STREAM_PARTITION,)
         _check_samples(n_samples, dp.delta)
@@ -290,7 +293,8 @@ class PrivacyLedger:
             sigma = 0.0
             for task in tasks:
                 planned = planned_rounds[task] if isinstance(planned_rounds, dict) else planned_rounds
-                derived = derive_noise_multiplier([], (0.0, q, steps * max(1, planned)), dp.epsilon, dp.delta)
+                derived = _public_sigma(tuple(self.token_schedule(task, token_stages)), q, steps * max(1, planned),
+                                        dp.epsilon, dp.delta)
                 if derived is None:
                     raise BudgetExhausted(self._exhausted(q, steps, task=task))
                 sigma = max(sigma, derived)
@@ -338,7 +342,7 @@ class PrivacyLedger:
     def plan_release(self, stage: int, round: int, n_samples: int, l2: float, l1: float, q: float,
                      planned_rounds: int | dict[str, int],
                      tasks: tuple[str, ...] = (STREAM_PARTITION,), public: bool = True,
-                     steps: int = 1) -> ReleasePlan:
+                     steps: int = 1, token_stages: int | dict[str, int] = 0) -> ReleasePlan:
         """A distributed-DP round's Skellam variance ``mu``, from public values alone: per task, the
         smallest with which ``planned_rounds`` releases (one number, or per task) spend the budget
         from a fresh history (``dp.noise_multiplier`` fixed: mu = (sigma l2)^2); the largest over the
@@ -358,7 +362,8 @@ class PrivacyLedger:
             mu = 0.0
             for task in tasks:
                 planned = planned_rounds[task] if isinstance(planned_rounds, dict) else planned_rounds
-                derived = _public_variance(l2, l1, q, int(planned) * int(steps), dp.epsilon, dp.delta)
+                derived = _public_variance(l2, l1, q, int(planned) * int(steps), dp.epsilon, dp.delta,
+                                           tuple(self.token_schedule(task, token_stages)))
                 if derived is None:
                     raise BudgetExhausted(self._release_exhausted(task, q))
                 mu = max(mu, derived)
@@ -393,6 +398,40 @@ class PrivacyLedger:
             "tasks": list(plan.tasks), "eps_rdp": _finite(eps_rdp), "eps_prv": "unavailable", **detail,
         })
 
+    def token_schedule(self, task: str, token_stages: int | dict[str, int]) -> list[Mechanism]:
+        """The token mechanisms ``task`` plans (public: the stream's stages that hold it), as the
+        fresh history every sigma or Skellam variance of the task is derived against."""
+        m = token_stages.get(task, 0) if isinstance(token_stages, dict) else int(token_stages)
+        return [(self.dp.token_noise_multiplier, 1.0, 1)] * max(0, int(m))
+
+    def charge_token(self, stage: int, n_samples: int, tasks: tuple[str, ...] = (STREAM_PARTITION,)) -> dict[str, Any]:
+        """Journal (fsynced) one token-phase Gaussian mechanism on each of ``tasks`` before its noise
+        is drawn; `BudgetExhausted` when it would cross the cap. The entry is a Gaussian
+        mechanism (noise multiplier ``dp.token_noise_multiplier``, q = 1, one step)."""
+        dp = self.dp
+        tasks = tuple(dict.fromkeys(tasks)) or (STREAM_PARTITION,)
+        _check_samples(n_samples, dp.delta)
+        z = dp.token_noise_multiplier
+        histories = self.task_histories()
+        for task in tasks:
+            histories[task] = [*histories.get(task, []), (z, 1.0, 1)]
+        skel = task_releases(self.journal.entries)
+        every = set(histories) | set(skel)
+        eps_rdp = max(task_epsilon(histories.get(t, []), skel.get(t, []), dp.delta) for t in every)
+        eps_prv = math.nan if skel else _max_prv([prv_epsilon(h, dp.delta) for h in histories.values()])
+        capped = eps_rdp if dp.accountant == "rdp" or math.isnan(eps_prv) else eps_prv
+        if capped > dp.epsilon:
+            raise BudgetExhausted(
+                f"privacy budget: the stage's identity token (a Gaussian mechanism of noise multiplier {z:.4g}) "
+                f"would bring {dp.accountant.upper()} epsilon to {capped:.3f} of {dp.epsilon:g} (delta {dp.delta:g})")
+        return self._append({
+            "time": _now(), "stage": stage, "round": -1, "kind": TOKEN_KIND,
+            "sigma": z, "C": 1.0, "q": 1.0, "steps": 1, "token_sigma": dp.token_sigma,
+            "token_count_sigma": dp.token_count_sigma, "token_epsilon_share": dp.token_epsilon_share, "delta": dp.delta, "accountant": dp.accountant,
+            "epsilon_max": dp.epsilon, "tasks": list(tasks),
+            "eps_rdp": _finite(eps_rdp), "eps_prv": "unavailable" if math.isnan(eps_prv) else _finite(eps_prv),
+        })
+
     def record_release(self, stage: int, round: int, what: str, **detail: Any) -> dict[str, Any]:
         """Journal a release of something derived from the client's data that DP does not cover."""
         return self._append({"time": _now(), "stage": stage, "round": round, "kind": "release",
@@ -400,10 +439,18 @@ class PrivacyLedger:
 
 
 @functools.lru_cache(maxsize=256)
-def _public_variance(l2: float, l1: float, q: float, rounds: int, epsilon: float, delta: float) -> float | None:
+def _public_sigma(tokens: tuple[Mechanism, ...], q: float, steps: int, epsilon: float, delta: float) -> float | None:
+    """`derive_noise_multiplier` from the public schedule (cached: every round of a task asks again)."""
+    return derive_noise_multiplier(list(tokens), (0.0, q, steps), epsilon, delta)
+
+
+@functools.lru_cache(maxsize=256)
+def _public_variance(l2: float, l1: float, q: float, rounds: int, epsilon: float, delta: float,
+                     gaussian: tuple[Mechanism, ...] = ()) -> float | None:
     from .skellam import derive_skellam_variance
 
-    return derive_skellam_variance([], l2=l2, l1=l1, q=q, steps=max(1, rounds), target_epsilon=epsilon, delta=delta)
+    return derive_skellam_variance([], l2=l2, l1=l1, q=q, steps=max(1, rounds), target_epsilon=epsilon, delta=delta,
+                                   gaussian=gaussian)
 
 
 def _check_samples(n_samples: int, delta: float) -> None:

@@ -45,20 +45,23 @@ INVENTORY: tuple[Release, ...] = (
             "the exact n_k is not sent"),
     Release("global-weights", "the global slot weights (shipped in the global state, used at inference)", "both",
             True, "post-processing of the covered updates, given the slot choices below"),
-    Release("identity-token", "the identity token: n_k x the mean instruction embedding, and n_k, per stage",
-            "both", False,
-            "no noise (token-phase DP is not built); each release is journaled (kind: release); in a block of "
-            "one client the coordinator holds that client's token and n_k in the clear"),
+    Release("identity-token", "the identity token and the count beside it, per stage: from S (the sum of the "
+            "stage instructions' unit embeddings) and n_k", "both", True,
+            "one Gaussian mechanism on (S / dp.token_sigma, n / dp.token_count_sigma), sensitivity 1 per sample's "
+            "unit embedding plus one count, charged to the task's account before its noise is drawn (journal kind "
+            "token; RDP and PRV); the uploaded token is the noisy S normalised, the count the noisy n"),
     Release("token-block", "which token block a client writes (a known slot it matched at tau, or a SimHash "
-            "bucket), with exact per-block client counts", "both", False,
-            "a discrete function of the client's mean token, sent exactly"),
-    Release("slot-choice", "which active slot a client trains each round (exact per-slot client counts)", "both",
-            False, "the closest global token to the client's mean token, sent exactly"),
+            "bucket), with per-block client counts", "both", True,
+            "post-processing of the noisy token; the per-block client counts are participation (below)"),
+    Release("slot-choice", "which active slot a client trains each round (per-slot client counts)", "both",
+            True, "the closest global token to the client's noisy token: post-processing"),
     Release("dko-decisions", "DKO's decisions and the global tokens: slots opened, matched or withheld, shipped "
-            "in the global state and used by SSA at inference", "both", False,
-            "functions of the identity tokens and block choices, which are not covered"),
+            "in the global state and used by SSA at inference", "both", True,
+            "functions of the noisy tokens, their noisy counts and block choices (post-processing), and of "
+            "participation"),
     Release("participation", "participation and refusals: no data for the stage (n_k = 0), delta >= 1/n_k, an "
-            "encoding that could wrap, a spent budget (with the epsilon spent)", "both", False,
+            "encoding that could wrap, a spent budget (with the epsilon spent); which clients sit in which token "
+            "block or slot", "both", False,
             "one bit, or a reason text, per refused round; the epsilon in a budget refusal is a function of the "
             "public mechanism parameters and the client's participation"),
     Release("timing", "how long a client takes to train and answer", "both", False,

@@ -34,7 +34,16 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import JournalError, PrivacyError
-from .accounting import PRV_EPS_ERROR, SKELLAM_KIND, entry_tasks, prv_result, skellam_release, task_epsilon
+from .accounting import (
+    GAUSSIAN_KINDS,
+    PRV_EPS_ERROR,
+    SKELLAM_KIND,
+    TOKEN_KIND,
+    entry_tasks,
+    prv_result,
+    skellam_release,
+    task_epsilon,
+)
 from .journal import check_anchor, is_signed, read_journal
 from .ledger import ROSTER_NAME, check_roster_record, read_roster
 from .releases import RELATION, inventory
@@ -137,6 +146,10 @@ def _certificate_keys(certs: Path, clients: list[str]) -> dict[str, list[str]]:
     return keys
 
 
+#: Journal kinds that are accounted DP mechanisms (recomputed by the audit).
+DP_KINDS = (*GAUSSIAN_KINDS, SKELLAM_KIND)
+
+
 def _failed_report(path: Path, client: str, status: str) -> dict[str, Any]:
     """A failed journal: no numbers from it (its epsilon is unknown, never 0)."""
     return {"client": client, "journal": str(path), "status": status, "entries": 0, "accountant": None,
@@ -147,7 +160,7 @@ def _failed_report(path: Path, client: str, status: str) -> dict[str, Any]:
 def _client_report(path: Path, entries: list[dict[str, Any]], status: str,
                    progress_cb: Callable[[], None] | None = None) -> dict[str, Any]:
     client = entries[0]["client"] if entries else path.parent.name
-    dp = [e for e in entries if e["kind"] in ("dp-sgd", SKELLAM_KIND)]
+    dp = [e for e in entries if e["kind"] in DP_KINDS]
     # Per-task accounting: one history per task; after each entry the client's epsilon is the
     # maximum over its tasks (accounting.task_histories; an entry without tasks: one stream).
     # Distributed-DP entries are Skellam releases (accounting.task_releases), RDP only.
@@ -191,6 +204,8 @@ def _client_report(path: Path, entries: list[dict[str, Any]], status: str,
         rounds[-1]["eps_prv"] = eps_prv
     per_stage: dict[int, dict[str, Any]] = {}
     for r in rounds:
+        if r["mechanism"] == "gaussian-token":  # the stage's token release, not a training round
+            continue
         s = per_stage.setdefault(r["stage"], {"stage": r["stage"], "rounds": 0, "steps": 0, "sigma": [], "q": [], "C": []})
         s["rounds"] += 1
         s["steps"] += r["steps"]
@@ -221,6 +236,8 @@ def _client_report(path: Path, entries: list[dict[str, Any]], status: str,
 def _mechanism(entry: dict[str, Any]) -> str:
     """gaussian (local DP-SGD), skellam-local (local DP-SGD, ``dp.noise = "skellam"``) or skellam
     (a distributed-DP release)."""
+    if entry["kind"] == TOKEN_KIND:
+        return "gaussian-token"
     if entry["kind"] != SKELLAM_KIND:
         return "gaussian"
     return "skellam-local" if entry.get("noise") == "skellam-local" else "skellam"
@@ -244,7 +261,7 @@ def audit(state: Path, progress: bool = True, certs: Path | None = None) -> dict
                  if certs is not None else {})
     verified = [(j, client or (j.parent.name), *_verify(j, client, record, roster, cert_keys.get(client)))
                 for j, (client, record, roster) in targets.items()]
-    total = sum(1 for _, _, entries, _ in verified for e in entries if e["kind"] in ("dp-sgd", SKELLAM_KIND))
+    total = sum(1 for _, _, entries, _ in verified for e in entries if e["kind"] in DP_KINDS)
     bar = tqdm(total=total, desc="recomputing epsilon", unit="entry", disable=not progress, leave=False)
     clients = [_failed_report(j, client, status) if status.startswith("FAILED") else
                _client_report(j, entries, status, lambda: bar.update(1)) for j, client, entries, status in verified]
@@ -332,7 +349,8 @@ def _markdown(rep: dict[str, Any]) -> str:
             continue
         out.append(f"| {c['client']} | {chain} | {c['accountant']} | {_fmt(c['delta'])} | {_fmt(c['epsilon']['rdp'])} | "
                    f"{_fmt(c['epsilon']['prv'])} | {_fmt(c['epsilon_max'])} | {_fmt(c['remaining'])} | "
-                   f"{len(c['rounds'])} | {len(c['releases_without_dp'])} |")
+                   f"{sum(1 for r in c['rounds'] if r['mechanism'] != 'gaussian-token')} | "
+                   f"{len(c['releases_without_dp'])} |")
     out += ["", "## Per client and stage: sigma, C, q, steps", "",
             "| client | stage | rounds | steps | sigma | C | q |", "|---|---:|---:|---:|---|---:|---:|"]
     for c in rep["clients"]:
@@ -352,8 +370,9 @@ def _markdown(rep: dict[str, Any]) -> str:
             for r in rep.get("release_inventory", [])]
     out += ["", "## Releases not covered by DP, as recorded", ""]
     tokens = [(c["client"], r) for c in rep["clients"] for r in c["releases_without_dp"]]
-    out.append(f"- identity-token releases journaled: {len(tokens)} "
-               f"(clients: {len({c for c, _ in tokens})})")
+    noised = sum(1 for c in rep["clients"] for r in c["rounds"] if r["mechanism"] == "gaussian-token")
+    out.append(f"- identity-token releases journaled without DP: {len(tokens)} "
+               f"(clients: {len({c for c, _ in tokens})}); under the token mechanism (covered above): {noised}")
     kmin = rep["small_cohort_releases"]
     out.append(f"- small-cohort releases (fewer than k_min contributors) applied by the coordinator: "
                f"{sum(1 for r in kmin if r.get('applied'))} of {len(kmin)} recorded")

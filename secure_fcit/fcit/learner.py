@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PrivacyError
 from ..model.chat import EncodedSample, collate_train, model_device, per_sequence_loss
 from ..model.encoder import InstructionEncoder, mean_token
 from ..model.slots import SlotLoRA
@@ -58,6 +58,7 @@ class SlotLearner:
         self.pad_id = pad_id
         self.seed = seed
         self._tokens: dict[int, np.ndarray] = {}
+        self._token_counts: dict[int, float] = {}
 
     @property
     def fresh_randomness(self) -> bool:
@@ -80,11 +81,24 @@ class SlotLearner:
                                                          stage, round, self.pad_id, **round_info)
 
     def identity_token(self, stage: int) -> np.ndarray:
-        if self.privacy is not None:  # journaled before the worker can upload it
-            self.privacy.record_token_release(stage, self.num_samples(stage))
+        """The stage's unit token: the normalised mean instruction embedding, or under DP the token
+        mechanism's noisy direction (`dp.client.noisy_token`, charged before it is drawn, once per
+        stage in this process); the worker computes the token block and every slot choice from it."""
         if stage not in self._tokens:
-            self._tokens[stage] = mean_token(self.encoder, list(self.instructions[stage]))
+            if self.privacy is not None:
+                embeddings = self.encoder.encode(list(self.instructions[stage]))
+                self._tokens[stage], self._token_counts[stage] = self.privacy.noisy_token(stage, embeddings)
+            else:
+                self._tokens[stage] = mean_token(self.encoder, list(self.instructions[stage]))
         return self._tokens[stage]
+
+    def token_weight(self, stage: int) -> float:
+        """The count written beside the token in the token-phase sum: n_k, or under DP the token
+        mechanism's noisy count (the exact n_k is not released)."""
+        if self.privacy is None:
+            return float(self.num_samples(stage))
+        self.identity_token(stage)
+        return self._token_counts[stage]
 
     def num_samples(self, stage: int) -> int:
         return len(self.samples.get(stage, ()))
@@ -126,8 +140,14 @@ class SlotLearner:
     def refuse_reason(self, stage: int, round: int) -> str | None:
         if self.privacy is None:
             return None
-        if round < 0:  # the token phase: no DP spend, but nothing leaves without a working journal
-            return self.privacy.journal_error()
+        if (error := self.privacy.journal_error()) is not None:
+            return error
+        try:  # the token phase's release, or (a restarted client) the token every slot choice needs
+            self.identity_token(stage)
+        except PrivacyError as exc:
+            return str(exc)
+        if round < 0:
+            return None
         return self.privacy.refuse_reason(stage, round, self.num_samples(stage))
 
 

@@ -28,7 +28,9 @@ def plot_matrix(matrix: Sequence[Sequence[float | None]], tasks: Sequence[str], 
     import numpy as np
 
     data = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix])
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(tasks), 1.0 + 0.6 * len(matrix)))
+    # constrained layout fits the rotated labels and the colour bar even for a 1-stage matrix
+    fig, ax = plt.subplots(figsize=(max(3.5, 1.0 + 0.9 * len(tasks)), max(2.8, 1.2 + 0.6 * len(matrix))),
+                           layout="constrained")
     im = ax.imshow(data, vmin=0, vmax=100, cmap="viridis")
     ax.set_xticks(range(len(tasks)), labels=tasks, rotation=40, ha="right")
     ax.set_yticks(range(len(matrix)), labels=[f"after {t + 1}" for t in range(len(matrix))])
@@ -37,7 +39,6 @@ def plot_matrix(matrix: Sequence[Sequence[float | None]], tasks: Sequence[str], 
             ax.text(c, r, f"{v:.0f}", ha="center", va="center", color="white" if v < 60 else "black", fontsize=8)
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="score (0–100)")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -4,7 +4,8 @@ Token phase (length ``(n_known + n_buckets) * (d + 2)``, ``n_known`` the global 
 started with): worker k writes ``[n_k * mu_k (d values), n_k, 1]`` into one block, zeros in every
 other. The block is ``j < n_known`` when its token has cosine >= tau with known token j (the best
 such j): the DISCO match of a client to an existing slot, made on the client against the tokens
-the coordinator broadcast. Otherwise it is ``n_known + b``, b its SimHash bucket: only tokens of
+the coordinator broadcast. Under DP, mu_k and n_k are the token mechanism's noisy direction and
+count (`dp.client.noisy_token`), and the block is computed from them. Otherwise it is ``n_known + b``, b its SimHash bucket: only tokens of
 tasks the federation does not know yet are hashed, so a new task cannot collide with a returning
 one. The sum gives, per block, the sample-weighted token sum, the sample count and the client count.
 
@@ -112,8 +113,9 @@ def token_vector_length(n_blocks: int, dim: int) -> int:
     return n_blocks * (dim + 2)
 
 
-def token_vector(token: np.ndarray, n_samples: int, block: int, n_blocks: int) -> np.ndarray:
-    """Worker k's token-phase contribution: ``token`` in ``block`` of ``n_blocks`` (module docstring)."""
+def token_vector(token: np.ndarray, n_samples: float, block: int, n_blocks: int) -> np.ndarray:
+    """Worker k's token-phase contribution: ``token`` in ``block`` of ``n_blocks`` (module docstring).
+    ``n_samples`` is n_k, or under DP the token mechanism's noisy count (>= 1)."""
     dim = token.size
     out = np.zeros(token_vector_length(n_blocks, dim), dtype=np.float64)
     start = block * (dim + 2)

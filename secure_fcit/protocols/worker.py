@@ -312,7 +312,11 @@ class Worker:
         token = self._identity_token(message.stage)
         planes = simhash_planes(message.hash_seed, message.n_buckets, token.size)
         block = token_block(token, message.tokens, message.tau, planes)
-        vector = token_vector(token, self._n_samples, block, len(message.tokens) + message.n_buckets)
+        weigh = getattr(self.learner, "token_weight", None)  # DP learners: the token mechanism's noisy count
+        count = float(self._n_samples) if weigh is None else float(weigh(message.stage))
+        if not (math.isfinite(count) and count >= 1.0):
+            raise LocalProtocolError(f"token_weight must be a finite count >= 1, got {count!r}")
+        vector = token_vector(token, count, block, len(message.tokens) + message.n_buckets)
         round_id = AggregationRound(message.federation_id, message.stage, -1, message.attempt, "token",
                                     state_digest(message.tokens, message))
         return self.aggregator.begin(

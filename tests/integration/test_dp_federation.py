@@ -46,13 +46,17 @@ def test_every_strategy_trains_under_dp_and_journals_its_spend(strategy, micro_m
         trained += len(dp)
         for e in dp:
             assert e["sigma"] > 0 and e["eps_rdp"] <= cfg.dp.epsilon
+        tokens = [e for e in entries if e["kind"] == "token"]
         if dp:  # per-task accounting: the client's epsilon is the largest of its tasks'
             per_task = task_histories(entries)
-            assert dp[-1]["eps_rdp"] == pytest.approx(
+            last = [e for e in entries if e["kind"] in ("dp-sgd", "token")][-1]
+            assert last["eps_rdp"] == pytest.approx(
                 max(rdp_epsilon(h, cfg.dp.delta) for h in per_task.values()), abs=1e-9)
-            assert sum(len(h) for h in per_task.values()) >= len(dp)
-        # the identity token leaves once per stage the client took part in, journaled
-        assert {e["stage"] for e in entries if e["kind"] == "release"} >= {e["stage"] for e in dp}
+            assert sum(len(h) for h in per_task.values()) >= len(dp) + len(tokens)
+        # the identity token is a DP release, journaled once per stage the client took part in
+        assert {e["stage"] for e in tokens} >= {e["stage"] for e in dp}
+        assert len(tokens) == len({e["stage"] for e in tokens})
+        assert not [e for e in entries if e["kind"] == "release"]
     # every applied round had its cohort's spend journaled
     assert trained == cfg.scenario.clients_per_round * result.events["applied"]
 
@@ -114,4 +118,4 @@ def test_distributed_dp_releases_only_noised_sums_and_the_audit_recomputes_them(
     # Skellam releases have no PRV analysis: the summary says so (None, printed "n/a"), not 0.
     assert rep["summary"]["max_epsilon_prv"] is None
     client = next(c for c in rep["clients"] if c["rounds"])
-    assert {r["mechanism"] for r in client["rounds"]} == {"skellam"} and client["prv_unavailable"]
+    assert {r["mechanism"] for r in client["rounds"]} == {"skellam", "gaussian-token"} and client["prv_unavailable"]

@@ -10,6 +10,7 @@ torn down after the module.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -31,6 +32,9 @@ from tests.integration.test_simulate import micro_config
 
 # Ray reads its authentication mode when it is imported: the cluster below uses tokens.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# The cluster's token, fresh per test session (a clean machine has no ~/.ray/auth_token): the driver
+# and both node processes read it from the environment.
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 ray = pytest.importorskip("ray")
 
 RAY = Path(sys.executable).with_name("ray")
