@@ -379,12 +379,12 @@ class Coordinator:
             return self._abort_phase(f"organizer refused the aggregate: {exc}", retry=False)
 
     def _planned(self, aggregate: Aggregate) -> list[Outgoing]:
-        # dp=False: DP-SGD protects model updates, not identity tokens, so "allow-with-dp" never
-        # covers a small token bucket.
+        # Under DP every token in the sum is a token-mechanism release (`dp.client.noisy_token`), so
+        # "allow-with-dp" covers a small token bucket as it covers a small slot.
         dim = self.organizer.dim
         _, _, clients = split_token_sum(aggregate.vector, aggregate.vector.size // (dim + 2), dim)
         alone = singleton_blocks(clients)
-        plan = self.organizer.plan(self._stage, aggregate, dp=False)
+        plan = self.organizer.plan(self._stage, aggregate, dp=self.dp)
         self._active = tuple(plan.active)
         message = self._message(SlotPlan, -1, tokens=np.asarray(plan.tokens, np.float32), active=self._active)
         self._log(
