@@ -189,13 +189,17 @@ def main() -> int:
     print("\n".join(lines))
     dko = cfg.fcit
     print(f"tau {dko.tau}, n_buckets {dko.n_buckets}, min_open_samples {dko.min_open_samples}, "
-          f"encoder {dko.encoder}; {len(results)} streams in {seconds:.0f} s")
+          f"encoder {dko.encoder} (of the last setting); {len(results)} streams in {seconds:.0f} s")
     token_dp = None
-    if args.dp:
-        token_dp = {"epsilon": cfg.dp.epsilon, "token_epsilon_share": cfg.dp.token_epsilon_share,
-                    "noise_multiplier": cfg.dp.token_noise_multiplier, "token_sigma": cfg.dp.token_sigma,
-                    "token_count_sigma": cfg.dp.token_count_sigma}
-        print("token-phase DP: " + ", ".join(f"{k} {v:.4g}" for k, v in token_dp.items()))
+    if args.dp:  # per setting: each config has its own epsilon, share, tau and buckets
+        token_dp = {}
+        for setting in args.settings:
+            c = load_config(Path(args.configs) / f"{setting}.toml", overrides)
+            token_dp[setting] = {"epsilon": c.dp.epsilon, "token_epsilon_share": c.dp.token_epsilon_share,
+                                 "noise_multiplier": c.dp.token_noise_multiplier, "token_sigma": c.dp.token_sigma,
+                                 "token_count_sigma": c.dp.token_count_sigma, "tau": c.fcit.tau,
+                                 "n_buckets": c.fcit.n_buckets}
+            print(f"token-phase DP, {setting}: " + ", ".join(f"{k} {v:.4g}" for k, v in token_dp[setting].items()))
     for setting, beta, seed, same, same_config in compared:
         print(f"full run {setting} beta {beta:g} seed {seed} ({'same' if same_config else 'other'} DKO config): "
               f"{same or 'DIFFERENT slots or tokens'}")
