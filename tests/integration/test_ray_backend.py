@@ -47,7 +47,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster():
     """A head node and a second node process joining it, one CPU each. Each ``ray start --block``
     stays in the foreground and takes its node's processes down when it is terminated, so the
@@ -207,7 +207,9 @@ def test_dp_on_ray_journals_every_clients_spend_and_the_audit_verifies_it(cluste
     privacy = tmp_path / "run" / "privacy"
     result = run_simulation(cfg, progress=False, log=lambda m: None, privacy_dir=privacy, backend="ray",
                             ray_options=RayOptions(actors=2))
-    assert result.dp and result.events["applied"] == STAGES * cfg.fcit.rounds_per_stage
+    # With 2-3 samples per client, the noisy tokens can leave a stage without a slot (no round):
+    # token-phase DP is fresh noise in every run, so only "at least one round" is certain.
+    assert result.dp and result.events["applied"] >= 1
     kind = "dp-sgd" if mode == "local" else "skellam"
     charged = sum(1 for j in privacy.glob("*/journal.jsonl") for e in read_journal(j) if e["kind"] == kind)
     assert charged == cfg.scenario.clients_per_round * result.events["applied"]
