@@ -13,21 +13,21 @@ TEST_WORKERS ?= 2
 # The venv with torch (the CPU wheel unless a torch is already there).
 define VENV_WITH_TORCH
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -qq --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -qq "$(TORCH_SPEC)"
 endef
 
 # The project and its runtime dependencies: all `make demo` needs.
 $(STAMP): pyproject.toml
 	$(VENV_WITH_TORCH)
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install -qq -e .
 	touch $(STAMP)
 
 # The same plus the test tools, dp-accounting and Ray (the dev extra): what `make test` needs.
 DEV_STAMP := $(VENV)/.dev-stamp
 $(DEV_STAMP): pyproject.toml
 	$(VENV_WITH_TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install -qq -e ".[dev]"
 	touch $(STAMP) $(DEV_STAMP)
 
 demo: $(STAMP)
