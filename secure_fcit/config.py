@@ -486,6 +486,8 @@ class DPConfig:
         ratio = self.token_count_ratio
         if not (isinstance(ratio, int | float) and math.isfinite(ratio) and 0.1 <= ratio <= 100):
             raise ConfigError(f"dp.token_count_ratio must be in [0.1, 100], got {ratio!r}")
+        if self.enabled:
+            self.token_noise_multiplier  # noqa: B018  (refused at load when no z up to 100 fits the share)
         if self.mode == "distributed" and self.accountant != "rdp":
             raise ConfigError("dp.mode = 'distributed' is accounted with RDP (the Skellam mechanism has no PRV "
                               f"analysis here); set dp.accountant = 'rdp', not {self.accountant!r}")

@@ -92,7 +92,8 @@ class ClientPrivacy:
                  lr: float, planned_rounds: int | dict[str, int],
                  tasks: dict[int, tuple[str, ...]] | None = None,
                  noise_prg: Callable[[int, int], ChaCha20PRG] | None = None,
-                 signing_key: Ed25519PrivateKey | None = None, public_rounds: int = 0) -> None:
+                 signing_key: Ed25519PrivateKey | None = None, public_rounds: int = 0,
+                 token_stages: int | None = None) -> None:
         self.dp = dp
         #: Distributed DP: the releases per task the public noise is sized for (same for every
         #: client: `planned_rounds` of one stage unless ``dp.planned_rounds`` says otherwise).
@@ -117,7 +118,8 @@ class ClientPrivacy:
         for labels in self.tasks.values():
             for task in labels or (STREAM_PARTITION,):
                 stages[task] = stages.get(task, 0) + 1
-        self.token_stages: int | dict[str, int] = stages or 1
+        # ``token_stages`` (one account over the stream): the stages the client holds data in.
+        self.token_stages: int | dict[str, int] = token_stages if token_stages is not None else (stages or 1)
 
     def close(self) -> None:
         """Release the ledger folder's lock (a restarted client in this process can then open it)."""

@@ -185,7 +185,9 @@ def build_learner(config: Config, client_id: str, slots: SlotLoRA, encoder, samp
                                       tasks=tasks if config.dp.per_task else None,
                                       noise_prg=None if noise_prg is None else functools.partial(noise_prg, client_id),
                                       signing_key=ledger_key,
-                                      public_rounds=config.dp.planned_rounds or planned_rounds(config, 1))
+                                      public_rounds=config.dp.planned_rounds or planned_rounds(config, 1),
+                                      # one account over the stream: a token per stage the client holds data in
+                                      token_stages=None if config.dp.per_task else max(1, len(samples)))
     if fc.strategy == "fedprox":
         return FedProxLearner(*args, mu=fc.fedprox_mu, **kw)
     if fc.strategy == "ewc":

@@ -210,3 +210,20 @@ def test_a_token_release_over_the_cap_is_refused_with_the_numbers(tmp_path):
 def test_token_noise_that_is_off_or_unusable_is_refused_at_load(key, value):
     with pytest.raises(ConfigError, match=f"dp.{key}"):
         DPConfig(enabled=True, **{key: value})
+
+
+def test_a_token_share_no_noise_can_meet_is_refused_at_load():
+    with pytest.raises(ConfigError, match="no token noise multiplier up to 100"):
+        DPConfig(enabled=True, epsilon=0.05, token_epsilon_share=0.01)
+
+
+def test_one_account_over_the_stream_plans_a_token_per_stage(tmp_path):
+    """per_task = False: sigma is sized for a token in each stage the client holds data in."""
+    privacy = ClientPrivacy(tmp_path, "client-000", DP, batch_size=4, local_epochs=1.0, lr=0.1, planned_rounds=6,
+                            token_stages=3)
+    assert privacy.token_stages == 3
+    privacy.close()
+    per_task = ClientPrivacy(tmp_path / "b", "client-000", DP, batch_size=4, local_epochs=1.0, lr=0.1,
+                             planned_rounds={"a": 2, "b": 4}, tasks={0: ("a",), 1: ("b",), 2: ("b",)})
+    assert per_task.token_stages == {"a": 1, "b": 2}
+    per_task.close()
