@@ -179,6 +179,11 @@ def _client_report(path: Path, entries: list[dict[str, Any]], status: str,
                 histories.setdefault(task, []).append((e["sigma"], e["q"], e["steps"]))
             rdp_by_task[task] = task_epsilon(histories.get(task, []), releases.get(task, []), delta)
         eps = max(rdp_by_task.values())
+        if e["kind"] == TOKEN_KIND and "token_sigma" in e:  # the noise drawn must be the noise accounted
+            z = 1.0 / math.sqrt(1.0 / e["token_sigma"] ** 2 + 1.0 / e["token_count_sigma"] ** 2)
+            if abs(z - e["sigma"]) > 1e-9 * max(1.0, z):
+                mismatches.append(f"entry {e['seq']}: token noise (sigma_S {e['token_sigma']}, sigma_n "
+                                  f"{e['token_count_sigma']}) is noise multiplier {z:.9g}, journal accounts {e['sigma']}")
         journaled = e["eps_rdp"]
         if isinstance(journaled, str) or abs(journaled - eps) > MISMATCH_TOLERANCE * max(1.0, eps):
             mismatches.append(f"entry {e['seq']}: journal says eps_rdp {journaled}, recomputed {eps:.9g}")

@@ -227,3 +227,16 @@ def test_one_account_over_the_stream_plans_a_token_per_stage(tmp_path):
                              planned_rounds={"a": 2, "b": 4}, tasks={0: ("a",), 1: ("b",), 2: ("b",)})
     assert per_task.token_stages == {"a": 1, "b": 2}
     per_task.close()
+
+
+def test_the_audit_flags_token_noise_that_is_not_the_noise_accounted(tmp_path):
+    """A token entry whose journaled stds give another noise multiplier than the one it accounts
+    (a derivation that drifted) is a mismatch in the audit."""
+    with PrivacyLedger(tmp_path, "client-000", DP) as ledger:
+        ledger.charge_token(0, 40)
+        entry = dict(ledger.journal.entries[-1])
+        fields = {k: v for k, v in entry.items() if k not in ("v", "seq", "client", "prev", "hash", "sig")}
+        ledger._append(fields | {"stage": 1, "token_sigma": entry["token_sigma"] / 2})
+    (c,) = audit(tmp_path, progress=False)["clients"]
+    assert c["status"] == "verified"
+    assert any("token noise" in m for m in c["mismatches"]) and len(c["mismatches"]) >= 1
