@@ -26,7 +26,7 @@ from .accounting import STREAM_PARTITION
 from .ledger import PrivacyLedger, ReleasePlan, RoundPlan
 from .sgd import DPStepResult, clipped_per_sample_grads, dp_train_steps
 
-__all__ = ["ClientPrivacy", "planned_rounds", "planned_by_task", "noisy_token", "noisy_sum"]
+__all__ = ["ClientPrivacy", "planned_rounds", "planned_by_task", "stages_by_task", "noisy_token", "noisy_sum"]
 
 
 def planned_rounds(config: Config, n_stages: int) -> int:
@@ -41,11 +41,17 @@ def planned_rounds(config: Config, n_stages: int) -> int:
 def planned_by_task(config: Config, tasks: dict[int, tuple[str, ...]], n_stages: int) -> dict[str, int]:
     """`planned_rounds` per task: a task held in m stages plans the participation of m stages.
     Stages without a task label count for `accounting.STREAM_PARTITION`, which composes them all."""
-    stages: dict[str, int] = {}
-    for stage in range(n_stages):
-        for task in tasks.get(stage) or (STREAM_PARTITION,):
-            stages[task] = stages.get(task, 0) + 1
+    stages = stages_by_task(tasks.get(stage) for stage in range(n_stages))
     return {task: planned_rounds(config, m) for task, m in stages.items()}
+
+
+def stages_by_task(labels_per_stage) -> dict[str, int]:
+    """How many stages hold each task, from each stage's task labels (none: `STREAM_PARTITION`)."""
+    stages: dict[str, int] = {}
+    for labels in labels_per_stage:
+        for task in labels or (STREAM_PARTITION,):
+            stages[task] = stages.get(task, 0) + 1
+    return stages
 
 
 def noisy_token(embeddings: np.ndarray, token_sigma: float, count_sigma: float,
@@ -114,12 +120,9 @@ class ClientPrivacy:
         self.last_release: ReleasePlan | None = None
         # The token releases each task plans: one per stage that holds it (local DP-SGD sizes sigma
         # for them); distributed DP sizes the public variance for one stage's, like its rounds.
-        stages: dict[str, int] = {}
-        for labels in self.tasks.values():
-            for task in labels or (STREAM_PARTITION,):
-                stages[task] = stages.get(task, 0) + 1
         # ``token_stages`` (one account over the stream): the stages the client holds data in.
-        self.token_stages: int | dict[str, int] = token_stages if token_stages is not None else (stages or 1)
+        self.token_stages: int | dict[str, int] = (
+            token_stages if token_stages is not None else (stages_by_task(self.tasks.values()) or 1))
 
     def close(self) -> None:
         """Release the ledger folder's lock (a restarted client in this process can then open it)."""

@@ -319,15 +319,7 @@ class PrivacyLedger:
 
         The entry's epsilons are the client's guarantee after it: the maximum over every task's
         history, the plan's tasks charged with the new mechanism."""
-        histories = self.task_histories()
-        for task in plan.tasks:
-            histories[task] = [*histories.get(task, []), (plan.sigma, plan.q, plan.steps)]
-        skel = task_releases(self.journal.entries)
-        tasks = set(histories) | set(skel)
-        eps_rdp = max(task_epsilon(histories.get(t, []), skel.get(t, []), self.dp.delta) for t in tasks)
-        eps_prv = math.nan if skel else _max_prv([prv_epsilon(h, self.dp.delta) for h in histories.values()])
-        # PRV unavailable (NaN: noise too small for it, see accounting.prv_result): RDP enforces the cap.
-        capped = eps_rdp if self.dp.accountant == "rdp" or math.isnan(eps_prv) else eps_prv
+        eps_rdp, eps_prv, capped = self._after_gaussian(plan.tasks, (plan.sigma, plan.q, plan.steps))
         if capped > self.dp.epsilon:
             raise BudgetExhausted(self._exhausted(plan.q, plan.steps, plan.sigma, capped))
         entry = self._append({
@@ -338,6 +330,20 @@ class PrivacyLedger:
             "eps_rdp": _finite(eps_rdp), "eps_prv": "unavailable" if math.isnan(eps_prv) else _finite(eps_prv),
         })
         return entry
+
+    def _after_gaussian(self, tasks: tuple[str, ...], mechanism: Mechanism) -> tuple[float, float, float]:
+        """(RDP, PRV, capped) epsilon of the client after ``mechanism`` on each of ``tasks``: the
+        maximum over every task's history. PRV is NaN (unavailable: Skellam releases, or noise too
+        small for it, see accounting.prv_result), and RDP then enforces the cap."""
+        histories = self.task_histories()
+        for task in tasks:
+            histories[task] = [*histories.get(task, []), mechanism]
+        skel = task_releases(self.journal.entries)
+        eps_rdp = max(task_epsilon(histories.get(t, []), skel.get(t, []), self.dp.delta)
+                      for t in set(histories) | set(skel))
+        eps_prv = math.nan if skel else _max_prv([prv_epsilon(h, self.dp.delta) for h in histories.values()])
+        capped = eps_rdp if self.dp.accountant == "rdp" or math.isnan(eps_prv) else eps_prv
+        return eps_rdp, eps_prv, capped
 
     def plan_release(self, stage: int, round: int, n_samples: int, l2: float, l1: float, q: float,
                      planned_rounds: int | dict[str, int],
@@ -412,14 +418,7 @@ class PrivacyLedger:
         tasks = tuple(dict.fromkeys(tasks)) or (STREAM_PARTITION,)
         _check_samples(n_samples, dp.delta)
         z = dp.token_noise_multiplier
-        histories = self.task_histories()
-        for task in tasks:
-            histories[task] = [*histories.get(task, []), (z, 1.0, 1)]
-        skel = task_releases(self.journal.entries)
-        every = set(histories) | set(skel)
-        eps_rdp = max(task_epsilon(histories.get(t, []), skel.get(t, []), dp.delta) for t in every)
-        eps_prv = math.nan if skel else _max_prv([prv_epsilon(h, dp.delta) for h in histories.values()])
-        capped = eps_rdp if dp.accountant == "rdp" or math.isnan(eps_prv) else eps_prv
+        eps_rdp, eps_prv, capped = self._after_gaussian(tasks, (z, 1.0, 1))
         if capped > dp.epsilon:
             raise BudgetExhausted(
                 f"privacy budget: the stage's identity token (a Gaussian mechanism of noise multiplier {z:.4g}) "

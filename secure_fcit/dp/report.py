@@ -148,6 +148,8 @@ def _certificate_keys(certs: Path, clients: list[str]) -> dict[str, list[str]]:
 
 #: Journal kinds that are accounted DP mechanisms (recomputed by the audit).
 DP_KINDS = (*GAUSSIAN_KINDS, SKELLAM_KIND)
+#: The report's mechanism label of a token-phase release (not a training round).
+TOKEN_MECHANISM = "gaussian-token"
 
 
 def _failed_report(path: Path, client: str, status: str) -> dict[str, Any]:
@@ -209,7 +211,7 @@ def _client_report(path: Path, entries: list[dict[str, Any]], status: str,
         rounds[-1]["eps_prv"] = eps_prv
     per_stage: dict[int, dict[str, Any]] = {}
     for r in rounds:
-        if r["mechanism"] == "gaussian-token":  # the stage's token release, not a training round
+        if r["mechanism"] == TOKEN_MECHANISM:  # the stage's token release, not a training round
             continue
         s = per_stage.setdefault(r["stage"], {"stage": r["stage"], "rounds": 0, "steps": 0, "sigma": [], "q": [], "C": []})
         s["rounds"] += 1
@@ -242,7 +244,7 @@ def _mechanism(entry: dict[str, Any]) -> str:
     """gaussian (local DP-SGD), skellam-local (local DP-SGD, ``dp.noise = "skellam"``) or skellam
     (a distributed-DP release)."""
     if entry["kind"] == TOKEN_KIND:
-        return "gaussian-token"
+        return TOKEN_MECHANISM
     if entry["kind"] != SKELLAM_KIND:
         return "gaussian"
     return "skellam-local" if entry.get("noise") == "skellam-local" else "skellam"
@@ -354,7 +356,7 @@ def _markdown(rep: dict[str, Any]) -> str:
             continue
         out.append(f"| {c['client']} | {chain} | {c['accountant']} | {_fmt(c['delta'])} | {_fmt(c['epsilon']['rdp'])} | "
                    f"{_fmt(c['epsilon']['prv'])} | {_fmt(c['epsilon_max'])} | {_fmt(c['remaining'])} | "
-                   f"{sum(1 for r in c['rounds'] if r['mechanism'] != 'gaussian-token')} | "
+                   f"{sum(1 for r in c['rounds'] if r['mechanism'] != TOKEN_MECHANISM)} | "
                    f"{len(c['releases_without_dp'])} |")
     out += ["", "## Per client and stage: sigma, C, q, steps", "",
             "| client | stage | rounds | steps | sigma | C | q |", "|---|---:|---:|---:|---|---:|---:|"]
@@ -375,7 +377,7 @@ def _markdown(rep: dict[str, Any]) -> str:
             for r in rep.get("release_inventory", [])]
     out += ["", "## Releases not covered by DP, as recorded", ""]
     tokens = [(c["client"], r) for c in rep["clients"] for r in c["releases_without_dp"]]
-    noised = sum(1 for c in rep["clients"] for r in c["rounds"] if r["mechanism"] == "gaussian-token")
+    noised = sum(1 for c in rep["clients"] for r in c["rounds"] if r["mechanism"] == TOKEN_MECHANISM)
     out.append(f"- identity-token releases journaled without DP: {len(tokens)} "
                f"(clients: {len({c for c, _ in tokens})}); under the token mechanism (covered above): {noised}")
     kmin = rep["small_cohort_releases"]
