@@ -232,11 +232,13 @@ class ClientPrivacy:
     def distributed_contribution(self, model: torch.nn.Module, params: Sequence[torch.nn.Parameter],
                                  samples: Sequence[EncodedSample], stage: int, round: int, pad_id: int, *,
                                  position: int, n_active: int, cohort_size: int, t: int, colluders: int,
-                                 frac_bits: int, bound: float, rotation_seed: bytes) -> np.ndarray:
+                                 frac_bits: int, bound: float, rotation_seed: bytes,
+                                 features: Sequence[torch.Tensor] | None = None) -> np.ndarray:
         """This client's input to a distributed-DP update sum (layout: `protocols.layout`): the
         integer encoding of its per-sample clipped gradients over a Poisson sample (rate
         ``dp.sample_rate``) of the stage's data in block ``position``, a Skellam share of variance
-        mu / (t - c) in every block, divided by 2^scale_bits; the release is journaled first."""
+        mu / (t - c) in every block, divided by 2^scale_bits; the release is journaled first.
+        ``features``: the samples' image features, computed once by the caller (or None)."""
         from ..protocols.layout import distributed_vector_length
         from .distributed import encode_samples, noise_share, rotation_signs
         from .skellam import SkellamSampler
@@ -250,7 +252,8 @@ class ClientPrivacy:
         prg = ChaCha20PRG() if self._noise_prg is None else self._noise_prg(stage, round)
         chosen = np.flatnonzero(prg.uniform(len(samples)) < plan.q)
         grads, _ = clipped_per_sample_grads(model, params, [samples[i] for i in chosen],
-                                            max_grad_norm=self.dp.max_grad_norm, pad_id=pad_id)
+                                            max_grad_norm=self.dp.max_grad_norm, pad_id=pad_id,
+                                            features=None if features is None else [features[i] for i in chosen])
         z = encode_samples(enc, grads, rotation_signs(rotation_seed, enc.padded), prg)
         sampler = SkellamSampler()
         out = np.zeros(distributed_vector_length(n_active, enc.padded), dtype=np.float64)

@@ -235,12 +235,16 @@ def clipped_per_sample_grads(
     max_grad_norm: float,
     pad_id: int,
     chunk: int = 16,
+    features: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """The per-sample gradients of ``params`` (the only trainable parameters) for ``samples``,
     each flattened in ``params`` order and clipped to L2 norm <= ``max_grad_norm``: shape (B, p),
     float64. Distributed DP (`dp.distributed`) encodes them; nothing here is released. Opacus'
     ``GradSampleModule`` computes them, in chunks of ``chunk`` samples, each checked against
-    autograd (`check_grad_sample`) before clipping. Returns the gradients and the chunks' losses."""
+    autograd (`check_grad_sample`) before clipping. ``features``: the samples' image features
+    (`model.train.image_features`, one per sample), computed once per stage by the caller since
+    the vision tower is frozen; the logits are the same bit for bit. Returns the gradients and the
+    chunks' losses."""
     params = list(params)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if {id(p) for p in trainable} != {id(p) for p in params}:
@@ -252,6 +256,8 @@ def clipped_per_sample_grads(
         return torch.zeros((0, dim), dtype=torch.float64), []
     names_by_id = {id(p): n for n, p in model.named_parameters()}
     names = [names_by_id.get(id(p), f"parameter {i}") for i, p in enumerate(params)]
+    if features is not None and len(features) != len(samples):
+        raise PrivacyError(f"{len(features)} image features for {len(samples)} samples")
     device = model_device(model)
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
     out, losses = [], []
@@ -259,7 +265,15 @@ def clipped_per_sample_grads(
     try:
         for lo in range(0, len(samples), chunk):
             batch = collate_train(list(samples[lo : lo + chunk]), pad_id).to(device)
-            per_seq = per_sequence_loss(gsm(**batch.model_inputs()).logits, batch.labels)
+            if features is None:
+                logits = gsm(**batch.model_inputs()).logits
+            else:
+                from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+                cached = BaseModelOutputWithPooling(pooler_output=[f.to(device) for f in features[lo : lo + chunk]])
+                logits = gsm(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             mm_encoder_outputs={"image": cached}).logits
+            per_seq = per_sequence_loss(logits, batch.labels)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
                 per_seq.sum().backward()

@@ -20,7 +20,7 @@ from ..errors import ConfigError, PrivacyError
 from ..model.chat import EncodedSample, collate_train, model_device, per_sequence_loss
 from ..model.encoder import InstructionEncoder, mean_token
 from ..model.slots import SlotLoRA
-from ..model.train import TrainSpec, train_steps
+from ..model.train import TrainSpec, image_features, train_steps
 
 if TYPE_CHECKING:
     from ..dp.client import ClientPrivacy
@@ -59,6 +59,8 @@ class SlotLearner:
         self.seed = seed
         self._tokens: dict[int, np.ndarray] = {}
         self._token_counts: dict[int, float] = {}
+        #: distributed DP: the current stage's image features (the frozen tower's, computed once)
+        self._features: dict[int, list[torch.Tensor]] = {}
 
     @property
     def fresh_randomness(self) -> bool:
@@ -77,8 +79,11 @@ class SlotLearner:
         share (`dp.client.ClientPrivacy.distributed_contribution`); nothing is trained here."""
         self.slots.load_slot(slot, np.asarray(weights, dtype=np.float32))
         with self.slots.training(slot, freeze_a=self.freeze_a) as params:
+            if stage not in self._features:  # the frozen tower's output: the same every round
+                self._features = {stage: image_features(self.slots.model, list(self.samples[stage]))}
             return self.privacy.distributed_contribution(self.slots.model, params, list(self.samples[stage]),
-                                                         stage, round, self.pad_id, **round_info)
+                                                         stage, round, self.pad_id, features=self._features[stage],
+                                                         **round_info)
 
     def identity_token(self, stage: int) -> np.ndarray:
         """The stage's unit token: the normalised mean instruction embedding, or under DP the token

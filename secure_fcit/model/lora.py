@@ -14,16 +14,10 @@ import warnings
 import torch
 from peft import LoraConfig, get_peft_model
 
+from ..config import LORA_TARGETS
 from ..errors import ConfigError
 
 __all__ = ["LORA_TARGETS", "lora_target_regex", "attach_lora", "lora_parameters", "wrap_peft"]
-
-# The paper puts LoRA on the language model's MLP projections.
-LORA_TARGETS = {
-    "mlp": ("gate_proj", "up_proj", "down_proj"),
-    "attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-}
 
 
 def lora_target_regex(targets: str = "mlp") -> str:

@@ -133,3 +133,22 @@ def test_local_skellam_rounds_are_journaled_as_skellam_releases_and_audit_clean(
     (client,) = rep["clients"]
     assert client["mismatches"] == [] and 7.0 < client["epsilon"]["rdp"] <= 8.0
     assert rep["dp_modes"] == ["local"] and {r["mechanism"] for r in client["rounds"]} == {"skellam-local"}
+
+
+def test_per_sample_gradients_from_cached_image_features_equal_the_full_pass(setup):
+    """Distributed DP computes each stage's image features once (the tower is frozen) and passes
+    them to every round: the clipped per-sample gradients are the same up to float32 rounding (the
+    tower's batched matmuls round differently for a different batch: 1e-7 relative, measured)."""
+    from secure_fcit.dp.sgd import clipped_per_sample_grads
+    from secure_fcit.model.train import image_features
+
+    slots, pad, samples = setup
+    with slots.training(1, freeze_a=True) as params:
+        full, _ = clipped_per_sample_grads(slots.model, params, samples, max_grad_norm=0.5, pad_id=pad, chunk=3)
+        feats = image_features(slots.model, samples)
+        fast, _ = clipped_per_sample_grads(slots.model, params, samples, max_grad_norm=0.5, pad_id=pad, chunk=3,
+                                           features=feats)
+        assert full.abs().sum() > 0
+        assert float((full - fast).norm() / full.norm()) < 1e-6
+        with pytest.raises(PrivacyError, match="image features for"):
+            clipped_per_sample_grads(slots.model, params, samples, max_grad_norm=0.5, pad_id=pad, features=feats[:1])

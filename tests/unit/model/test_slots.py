@@ -123,3 +123,18 @@ def test_image_features_computed_once_give_the_same_logits_and_frozen_tower_is_r
     next(tower.parameters()).requires_grad_(True)
     with pytest.raises(ConfigError, match="vision tower or projector is trainable"):
         image_features(slots.model, samples)
+
+
+def test_the_vo_target_set_adapts_exactly_the_language_models_v_and_o_projections(micro_model_dir):
+    from secure_fcit.config import LORA_TARGETS, config_from_dict
+
+    model, _ = load_llava(micro_model_dir)
+    slots = SlotLoRA(model, rank=4, alpha=8.0, targets="vo", max_slots=1)
+    slots.ensure_slot(0)
+    adapted = {n.split(".lora_")[0] for n, _ in slots.model.named_parameters() if ".lora_" in n}
+    assert adapted and all("language_model" in n and n.rsplit(".", 1)[1] in LORA_TARGETS["vo"] for n in adapted)
+    assert {n.rsplit(".", 1)[1] for n in adapted} == {"v_proj", "o_proj"}
+    full = SlotLoRA(load_llava(micro_model_dir)[0], rank=4, alpha=8.0, targets="all", max_slots=1)
+    assert 0 < slots.slot_size < full.slot_size
+    with pytest.raises(ConfigError, match="fcit.slot_targets must be one of 'mlp', 'attn', 'vo', 'all'"):
+        config_from_dict({"fcit": {"slot_targets": "qv"}})
