@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"step {step}: loss {row['loss']:.3f}, {task} {row['score']:.1f} (e.g. {preds})", flush=True)
         curve.append(row)
     name = (f"{Path(args.config).stem}-s{args.stage}-{args.targets}-{args.optimizer}{args.lr:g}-"
-            f"{'nonoise' if args.noise == 'none' else f'n{args.emulate_samples}-r{args.rounds}'}")
+            f"{'nonoise' if args.noise == 'none' else f'n{args.emulate_samples}-r{args.rounds}-q{dp.sample_rate:g}'}"
+            + "".join("-" + "".join(ch if ch.isalnum() or ch in "._=" else "_" for ch in kv) for kv in args.set))
     out = Path(args.out or f"benchmarks/results/dp_steps/{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({

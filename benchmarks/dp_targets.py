@@ -28,6 +28,7 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from secure_fcit.config import LORA_TARGETS, load_config, parse_sets
@@ -39,8 +40,9 @@ from secure_fcit.model.loading import weights_sha256
 _MODULE = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.")
 
 
-def stage_signal(slots, params, names, samples, pad_id: int) -> dict[str, list[float]]:
-    """Per (layer, projection): [debiased squared signal, coordinates] of the mean normalised gradient."""
+def stage_signal(slots, params, names, samples, pad_id: int) -> tuple[dict[str, list[float]], np.ndarray]:
+    """Per (layer, projection): [debiased squared signal, coordinates] of the mean normalised
+    gradient; and the per-sample gradient norms before normalisation."""
     g, _ = clipped_per_sample_grads(slots.model, params, samples, max_grad_norm=1e30, pad_id=pad_id)
     norms = g.norm(dim=1, keepdim=True)
     if bool((norms == 0).any()):
@@ -59,7 +61,7 @@ def stage_signal(slots, params, names, samples, pad_id: int) -> dict[str, list[f
         cell = out.setdefault(key, [0.0, 0])
         cell[0] += max(0.0, (n * mean_sq - per_sample) / (n - 1))
         cell[1] += p.numel()
-    return out
+    return out, norms.flatten().numpy()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         samples = [ws.train_samples(task)[int(i)] for parts in stage.client_data.values() for task, idx in parts
                    for i in idx][: args.samples]
         with slots.training(0, freeze_a=config.fcit.freeze_lora_a) as params:
-            cells = stage_signal(slots, list(params), [names_of[id(p)] for p in params], samples, pad)
+            cells, norms = stage_signal(slots, list(params), [names_of[id(p)] for p in params], samples, pad)
         total = sum(v[0] for v in cells.values())
         dims = sum(v[1] for v in cells.values())
         by_proj: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                           "snr2_gain": round(sig / share, 3)}
         row = {"stage": stage.index, "tasks": list(stage.tasks), "samples": len(samples), "coordinates": dims,
                "signal": round(total, 6),
+               "gradient_norm_percentiles": {p: round(float(np.percentile(norms, p)), 3) for p in (10, 50, 90)},
+               "clipped_at_c": round(float(np.mean(norms > config.dp.max_grad_norm)), 3),
                "projections": {p: {"signal_share": round(s / total, 4), "coordinate_share": round(d / dims, 4)}
                                for p, (s, d) in sorted(by_proj.items())},
                "layers": {k: {"signal_share": round(s / total, 4), "coordinate_share": round(d / dims, 4)}
@@ -108,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                "target_sets": sets}
         stages.append(row)
         print(f"stage {stage.index} {'+'.join(stage.tasks)}: {len(samples)} samples, {dims} coordinates, "
-              f"squared signal {total:.4f}")
+              f"squared signal {total:.4f}; per-sample gradient norms (10/50/90 %) "
+              f"{np.percentile(norms, 10):.2f}/{np.percentile(norms, 50):.2f}/{np.percentile(norms, 90):.2f}, "
+              f"{np.mean(norms > config.dp.max_grad_norm):.0%} above C = {config.dp.max_grad_norm:g}")
         for name, s in sets.items():
             print(f"  {name:5s} signal {s['signal_share']:6.1%} of it in {s['coordinate_share']:6.1%} of the "
                   f"coordinates: SNR^2 x {s['snr2_gain']:.2f}")

@@ -444,7 +444,8 @@ def write_simulation(result: SimulationResult, config: Config, out: Path) -> lis
         "",
         f"Last **{s['last']:.2f}**, Avg **{s['avg']:.2f}**, Forgetting {s['forgetting']:.2f}, "
         f"BWT {s['bwt']:.2f}; slots opened {result.slots_opened}; {result.seconds:.0f} s "
-        f"(mean round {np.mean(result.round_seconds):.1f} s); small-cohort releases {len(result.releases)}; "
+        + (f"(mean round {np.mean(result.round_seconds):.1f} s)" if result.round_seconds else "(no round trained)")
+        + f"; small-cohort releases {len(result.releases)}; "
         f"aggregation {config.privacy.aggregation}.",
         "",
         matrix_markdown(metrics["accuracy_matrix"], labels),
