@@ -147,6 +147,7 @@ def _plot(cells: list[dict], path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("epsilon (delta 1e-5 per client)")
         ax.set_ylabel("DISCO Last")
+        ax.set_ylim(0, 100)  # accuracy: the whole scale, so a gap reads as its size
         ax.set_title(f"{scale} ({stream})")
         ax.legend()
     fig.tight_layout()
