@@ -205,7 +205,7 @@ class FCITConfig:
     #: each slot's LoRA scaling alpha.
     slot_alpha: float = 16.0
     #: the slots' target modules: "mlp", "attn", "vo" or "all" (as ``lora.targets``). "vo" (v_proj and
-    #: o_proj) is the DP choice: on the embedded model they carry 60-73 % of the per-sample gradient
+    #: o_proj) is the DP choice: on the embedded model they carry 59-74 % of the per-sample gradient
     #: signal in 19 % of the coordinates (benchmarks/dp_targets.py), so the same noise hides less of it.
     slot_targets: str = "mlp"
     #: the most LoRA slots DISCO may open over a stream (one more is refused, nothing changes).
