@@ -243,8 +243,8 @@ def clipped_per_sample_grads(
     ``GradSampleModule`` computes them, in chunks of ``chunk`` samples, each checked against
     autograd (`check_grad_sample`) before clipping. ``features``: the samples' image features
     (`model.train.image_features`, one per sample), computed once per stage by the caller since
-    the vision tower is frozen; the logits are the same bit for bit. Returns the gradients and the
-    chunks' losses."""
+    the vision tower is frozen; the gradients are the same up to float32 rounding (the tower's
+    batched matmuls round by batch). Returns the gradients and the chunks' losses."""
     params = list(params)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if {id(p) for p in trainable} != {id(p) for p in params}:
