@@ -12,10 +12,11 @@ no federation: each step draws ``--batch`` of the stage's training samples, comp
 per-sample gradients of a fresh slot (lora_B, FFA-LoRA) with the project's own
 `dp.sgd.clipped_per_sample_grads` (clip ``dp.max_grad_norm``), adds Gaussian noise with the
 standard deviation a real round would carry on a cohort of ``--emulate-samples`` samples, divides
-by the batch, and steps with the coordinator's optimizer (`fcit.dko.DistributedStep`: SGD,
-momentum 0.9, or Adam). The noise per coordinate of the mean is the real one:
+by the batch, and steps with the coordinator's own optimizer (`fcit.dko.DistributedStep.direction`:
+SGD, momentum 0.9, or Adam). The noise per coordinate of the mean is the real one:
 sigma * sqrt(C^2 + a^2) * sqrt(excess) / emulate_samples, where sigma is the Skellam noise
-multiplier the ledger derives for ``--rounds`` releases at ``dp.sample_rate`` with the config's
+multiplier of the real encoding (`dp.distributed.DistributedEncoding` of the trained coordinates
+at the masking fixed point's scale) for ``--rounds`` releases at ``dp.sample_rate`` with the config's
 token share in the schedule (`dp.skellam.derive_skellam_variance`), and excess is the share
 overshoot of a full cohort (n / (t - c)). Every ``--eval-every`` steps the slot is scored on the
 stage's test set (greedy answers, the task's metric), alone (no routing).
@@ -38,9 +39,10 @@ import numpy as np
 import torch
 
 from secure_fcit.config import LORA_TARGETS, load_config, parse_sets
-from secure_fcit.dp.distributed import share_variance
+from secure_fcit.dp.distributed import DistributedEncoding, share_variance
 from secure_fcit.dp.sgd import clipped_per_sample_grads
-from secure_fcit.dp.skellam import derive_skellam_variance, sensitivity
+from secure_fcit.dp.skellam import derive_skellam_variance
+from secure_fcit.fcit.dko import DistributedStep
 from secure_fcit.fcit.evaluate import evaluate_records
 from secure_fcit.fcit.simulate import build_slots, scenario_for, slot_layout, stream_tasks
 from secure_fcit.fcit.workspace import prepare_workspace, task_metric
@@ -48,10 +50,11 @@ from secure_fcit.model.loading import weights_sha256
 from secure_fcit.protocols.secagg import threshold
 
 
-def accounted_sigma(dp, rounds: int) -> float:
-    """The Skellam noise multiplier sqrt(mu) / l2 of ``rounds`` releases at q = dp.sample_rate,
-    with one token release in the schedule (as the ledger plans a task of one stage)."""
-    l2, l1 = sensitivity(float(1 << 14), math.hypot(dp.max_grad_norm, dp.count_scale), 1 << 14)
+def accounted_sigma(dp, enc: DistributedEncoding, rounds: int) -> float:
+    """The Skellam noise multiplier sqrt(mu) / l2 of ``rounds`` releases of encoding ``enc`` at
+    q = dp.sample_rate, with one token release in the schedule (as the ledger plans a task of one
+    stage)."""
+    l2, l1 = enc.sensitivity()
     tokens = ((dp.token_noise_multiplier, 1.0, 1),)
     mu = derive_skellam_variance([], l2=l2, l1=l1, q=dp.sample_rate, steps=rounds, target_epsilon=dp.epsilon,
                                  delta=dp.delta, gaussian=tokens)
@@ -94,20 +97,24 @@ def main(argv: list[str] | None = None) -> int:
     size = cohort if masking.degree == 0 else min(cohort, masking.degree + 1)
     t, colluders = threshold(masking.threshold, size), min(masking.colluders, size - 1)
     excess = cohort * share_variance(1.0, cohort, t, colluders)
-    sigma = accounted_sigma(dp, args.rounds) if args.noise == "accounted" else 0.0
-    std_sum = sigma * math.hypot(dp.max_grad_norm, dp.count_scale) * math.sqrt(excess) \
-        * args.batch / args.emulate_samples
     model, _ = ws.base_model()
     torch.manual_seed(config.seed)
     slots = build_slots(model, slot_layout(config, len(scenario.stages)))
     pad = ws.processor.tokenizer.pad_token_id
     w = slots.initial_vector(config.seed + 1)
     idx = slots.trainable_index(freeze_a=True)
-    x = torch.tensor(w[idx], dtype=torch.float64)
-    m1, m2 = torch.zeros_like(x), torch.zeros_like(x)
+    x = w[idx].astype(np.float64)
+    enc = DistributedEncoding(dim=int(idx.size), clip=dp.max_grad_norm, count_scale=dp.count_scale,
+                              scale_bits=dp.scale_bits or masking.check_cohort(cohort).frac_bits)
+    sigma = accounted_sigma(dp, enc, args.rounds) if args.noise == "accounted" else 0.0
+    std_sum = sigma * enc.sample_norm * math.sqrt(excess) * args.batch / args.emulate_samples
+    # the coordinator's own server step (post-processing of the noisy mean)
+    server = DistributedStep("dp_steps", idx, dp.count_scale, args.lr, momentum=0.9 if args.optimizer == "momentum"
+                             else 0.0, adam=args.optimizer == "adam")
+    state = None
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    print(f"{task}: {len(samples)} training samples, {x.numel()} trained coordinates ({args.targets}), "
+    print(f"{task}: {len(samples)} training samples, {x.size} trained coordinates ({args.targets}), "
           f"sigma {sigma:.3f} for {args.rounds} releases at q {dp.sample_rate:g} (excess {excess:.2f}), "
           f"noise per coordinate of the mean {std_sum / args.batch:.2e} (as on {args.emulate_samples} samples)")
 
@@ -127,18 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             g, losses = clipped_per_sample_grads(slots.model, params, [samples[i] for i in chosen],
                                                  max_grad_norm=dp.max_grad_norm, pad_id=pad)
         mean = (g.sum(0) + std_sum * torch.randn(g.shape[1], dtype=torch.float64, generator=gen)) / len(chosen)
-        if args.optimizer == "adam":
-            m1 = 0.9 * m1 + 0.1 * mean
-            m2 = 0.999 * m2 + 0.001 * mean**2
-            direction = (m1 / (1 - 0.9**step)) / ((m2 / (1 - 0.999**step)).sqrt() + 1e-8)
-        elif args.optimizer == "momentum":
-            m1 = 0.9 * m1 + mean
-            direction = m1
-        else:
-            direction = mean
-        x = x - args.lr * direction
+        direction, state = server.direction(state, mean.numpy())
+        x = x - server.server_lr * direction
         w = w.copy()
-        w[idx] = x.float().numpy()
+        w[idx] = x.astype(np.float32)
         row = {"step": step, "loss": round(float(np.mean(losses)), 4), "seconds": round(time.perf_counter() - t0, 1)}
         if step % args.eval_every == 0 or step == args.steps:
             row["score"], preds = score()

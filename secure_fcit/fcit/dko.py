@@ -74,6 +74,25 @@ class DistributedStep:
     def dim(self) -> int:
         return int(self.trainable_index.size)
 
+    def direction(self, state: np.ndarray | None, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The server optimizer's direction for the decoded mean gradient (the step is
+        w -= server_lr * direction) and the optimizer state it leaves for the next round: momentum's
+        velocity; Adam's first moment, second moment and step count in one vector, with bias
+        correction; None for plain SGD. ``state`` is what the previous round left (None at first)."""
+        if self.adam:
+            b1, b2 = self.adam_betas
+            dim = mean.size
+            if state is None or state.size != 2 * dim + 1:
+                state = np.zeros(2 * dim + 1)
+            m, v, t = state[:dim], state[dim:2 * dim], state[-1] + 1
+            m = b1 * m + (1 - b1) * mean
+            v = b2 * v + (1 - b2) * mean * mean
+            return (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + self.adam_eps), np.concatenate([m, v, [t]])
+        if self.momentum:
+            velocity = (np.zeros(mean.size) if state is None else state) * self.momentum + mean
+            return velocity, velocity
+        return mean, None
+
     @property
     def padded(self) -> int:
         from ..dp.distributed import padded_length
@@ -333,31 +352,22 @@ class DKOOrganizer:
         for j, slot in self._released_slots(stage, round, counts, dp, withheld, per_slot):
             signs = rotation_signs(rotation_seed(step.federation_id, stage, round, rid.attempt, j), step.padded)
             grad, count = decode_sum(blocks[j], signs, step.dim, step.count_scale)
-            mean = grad / max(count, step.min_count)
-            if step.adam:
-                mean = self._adam_direction(slot, mean, step)
-            elif step.momentum:
-                mean = self._velocity.get(slot, np.zeros(step.dim)) * step.momentum + mean
-                self._velocity[slot] = mean
+            direction, state = step.direction(self._velocity.get(slot), grad / max(count, step.min_count))
+            if state is not None:
+                self._velocity[slot] = state
             w = self._weights[slot].astype(np.float64)
-            w[step.trainable_index] -= step.server_lr * mean
+            w[step.trainable_index] -= step.server_lr * direction
             self._weights[slot] = w.astype(np.float32)
             applied.append(slot)
         return RoundOutcome(applied=tuple(applied), withheld=tuple(withheld), clients=per_slot)
 
     def _adam_direction(self, slot: int, grad: np.ndarray, step: DistributedStep) -> np.ndarray:
-        """Adam's bias-corrected step direction for ``slot`` (its moments live in ``_velocity``:
-        first moment, second moment and the step count in one vector)."""
-        b1, b2 = step.adam_betas
-        dim = grad.size
-        state = self._velocity.get(slot)
-        if state is None or state.size != 2 * dim + 1:
-            state = np.zeros(2 * dim + 1)
-        m, v, t = state[:dim], state[dim:2 * dim], state[-1] + 1
-        m = b1 * m + (1 - b1) * grad
-        v = b2 * v + (1 - b2) * grad * grad
-        self._velocity[slot] = np.concatenate([m, v, [t]])
-        return (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + step.adam_eps)
+        """Adam's bias-corrected step direction for ``slot`` (`DistributedStep.direction`; its
+        moments live in ``_velocity``)."""
+        if not step.adam:
+            raise ConfigError("the Adam direction needs a DistributedStep with adam=True")
+        direction, self._velocity[slot] = step.direction(self._velocity.get(slot), grad)
+        return direction
 
     def _released_slots(self, stage: int, round: int, counts: np.ndarray, dp: bool, withheld: list[int],
                         per_slot: dict[int, int]):
