@@ -78,12 +78,12 @@ class SlotLearner:
         """The slot's per-sample clipped gradients at the global ``weights``, encoded with a noise
         share (`dp.client.ClientPrivacy.distributed_contribution`); nothing is trained here."""
         self.slots.load_slot(slot, np.asarray(weights, dtype=np.float32))
+        samples = list(self.samples[stage])
         with self.slots.training(slot, freeze_a=self.freeze_a) as params:
-            if stage not in self._features:  # the frozen tower's output: the same every round
-                self._features = {stage: image_features(self.slots.model, list(self.samples[stage]))}
-            return self.privacy.distributed_contribution(self.slots.model, params, list(self.samples[stage]),
-                                                         stage, round, self.pad_id, features=self._features[stage],
-                                                         **round_info)
+            if stage not in self._features:  # the frozen tower's output: the same every round; one stage kept
+                self._features = {stage: image_features(self.slots.model, samples)}
+            return self.privacy.distributed_contribution(self.slots.model, params, samples, stage, round,
+                                                         self.pad_id, features=self._features[stage], **round_info)
 
     def identity_token(self, stage: int) -> np.ndarray:
         """The stage's unit token: the normalised mean instruction embedding, or under DP the token
