@@ -129,6 +129,7 @@ def _cell(scale, stream, mode, eps, seed, got, nonprivate_last) -> dict:
 
 def _plot(cells: list[dict], path: Path) -> None:
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -138,12 +139,28 @@ def _plot(cells: list[dict], path: Path) -> None:
     for ax, (scale, stream) in zip(axes[0], groups, strict=True):
         mine = [c for c in cells if c["scale"] == scale and c["stream"] == stream]
         for mode, marker in (("local", "o"), ("distributed", "s")):
-            pts = sorted((c["epsilon"], c["last"]) for c in mine if c["dp_mode"] == mode)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=f"{mode} DP")
+            by_eps: dict[float, list[float]] = {}
+            for c in mine:
+                if c["dp_mode"] == mode:
+                    by_eps.setdefault(c["epsilon"], []).append(c["last"])
+            if not by_eps:
+                continue
+            eps = sorted(by_eps)
+            # one point per epsilon: the mean over seeds, the seeds' spread as an error bar, each
+            # seed as a faint dot, so several seeds at one epsilon do not draw a zig-zag
+            means = [float(np.mean(by_eps[e])) for e in eps]
+            spread = [float(np.std(by_eps[e])) for e in eps]
+            line = ax.errorbar(eps, means, yerr=spread, marker=marker, capsize=3, label=f"{mode} DP")
+            for e in eps:
+                if len(by_eps[e]) > 1:
+                    ax.scatter([e] * len(by_eps[e]), by_eps[e], s=10, alpha=0.4, color=line[0].get_color())
+                    ax.annotate(f"{len(by_eps[e])} seeds", (e, max(by_eps[e])), textcoords="offset points",
+                                xytext=(4, 4), fontsize=7)
         ref = [c["last"] for c in mine if c["dp_mode"] is None]
         if ref:
-            ax.axhline(sum(ref) / len(ref), color="grey", linestyle="--", label="non-private")
+            ref_mean = sum(ref) / len(ref)
+            ax.axhline(ref_mean, color="grey", linestyle="--", label="non-private")
+            ax.axhline(0.8 * ref_mean, color="grey", linestyle=":", label="80 % of non-private")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("epsilon (delta 1e-5 per client)")
         ax.set_ylabel("DISCO Last")
