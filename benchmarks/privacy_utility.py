@@ -15,8 +15,10 @@ with masking secure aggregation, delta 1e-5 per client (sample-level), per-task 
   recipe and no DP; ``ratio`` = last / nonprivate_last.
 
 ``--max-stages N`` shortens the stream to its first N stages; the cells then carry
-``stream = "hom-task-first<N>"`` (the full stream: ``"hom-task"``). A cell whose ``cell.json``
-exists under ``<out>/privacy_utility/`` is reused, so an interrupted curve resumes. Output:
+``stream = "hom-task-first<N>"`` (the full stream: ``"hom-task"``); ``--variant NAME`` appends
+``+NAME`` for a recipe other than the config's, so its cells never mix with the config's (its
+ratio is against the config's non-private cell). A cell whose ``cell.json`` exists under
+``<out>/privacy_utility/`` is reused, so an interrupted curve resumes. Output:
 ``<out>/privacy_utility.json`` (a list of cells: scale, stream, dp_mode, epsilon, seed, last, avg,
 nonprivate_last, ratio, seconds, device, config overrides) and ``<out>/privacy_utility.png``.
 """
@@ -73,6 +75,9 @@ def main() -> int:
     ap.add_argument("--skip-nonprivate", action="store_true",
                     help="run only the DP cells; the ratio uses a non-private cell already under --out, else null")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--variant", default="",
+                    help="name a recipe other than the config's (with --set/--distributed-set): the cells carry "
+                         "stream '<stream>+<variant>' and live in their own folders")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
@@ -81,7 +86,11 @@ def main() -> int:
         common["scenario.max_stages"] = args.max_stages
     if args.rounds:
         common["fcit.rounds_per_stage"] = args.rounds
-    stream = f"hom-task-first{args.max_stages}" if args.max_stages else "hom-task"
+    stream = base_stream = f"hom-task-first{args.max_stages}" if args.max_stages else "hom-task"
+    if args.variant:  # a recipe other than the config's: its own cells, its own curve
+        if not args.variant.replace("-", "").replace("_", "").isalnum():
+            ap.error(f"--variant must be letters, digits, - or _, got {args.variant!r}")
+        stream = f"{stream}+{args.variant}"
     per_mode = {"local": {"dp.mode": "local", **parse_sets(args.local_set)},
                 "distributed": {"dp.mode": "distributed", **parse_sets(args.distributed_set)}}
     cells = []
@@ -90,6 +99,8 @@ def main() -> int:
             base = {**common, "seed": seed}
             run_dir = _cell_dir(out, scale, stream, "none", None, seed)
             if args.skip_nonprivate:
+                # a variant's DP recipe is measured against the config's own non-private cell
+                run_dir = _cell_dir(out, scale, base_stream, "none", None, seed)
                 ref_file = run_dir / "cell.json"
                 ref = json.loads(ref_file.read_text()) if ref_file.exists() else {"last": None}
                 if ref["last"] is not None:
