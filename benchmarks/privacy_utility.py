@@ -97,10 +97,9 @@ def main() -> int:
     for scale in args.scales:
         for seed in args.seeds:
             base = {**common, "seed": seed}
-            run_dir = _cell_dir(out, scale, stream, "none", None, seed)
+            # skipped: a variant's DP recipe is measured against the config's own non-private cell
+            run_dir = _cell_dir(out, scale, base_stream if args.skip_nonprivate else stream, "none", None, seed)
             if args.skip_nonprivate:
-                # a variant's DP recipe is measured against the config's own non-private cell
-                run_dir = _cell_dir(out, scale, base_stream, "none", None, seed)
                 ref_file = run_dir / "cell.json"
                 ref = json.loads(ref_file.read_text()) if ref_file.exists() else {"last": None}
                 if ref["last"] is not None:
