@@ -8,11 +8,13 @@ with masking secure aggregation, delta 1e-5 per client (sample-level), per-task 
 
 * ``hom-50``: ``configs/hom-task.toml`` (50 clients, 5 per round, ~20 samples per client and task);
 * ``cross-silo``: ``configs/cross-silo-hom-task.toml`` (8 sites x 500 samples per task, all per round);
+* ``cross-silo-1k``: ``configs/cross-silo-hom-task-1k.toml`` (the same sites with 1,000 samples each);
 * ``dp_mode`` ``local``: DP-SGD on each client with the recipe of ``--local-set`` (the config's
   ``[fcit]`` local training otherwise); ``distributed``: Skellam shares in the masked sum, one noisy
   gradient step per round at the coordinator (the config's ``[dp]`` server step);
 * the non-private cell of each scale and seed (``epsilon`` null) trains with the config's local
-  recipe and no DP; ``ratio`` = last / nonprivate_last.
+  recipe and no DP (``--nonprivate-set`` overrides keys in it alone, e.g. its rounds); ``ratio`` =
+  last / nonprivate_last. ``--modes`` with no mode runs the non-private cell alone.
 
 ``--max-stages N`` shortens the stream to its first N stages; the cells then carry
 ``stream = "hom-task-first<N>"`` (the full stream: ``"hom-task"``); ``--variant NAME`` appends
@@ -35,7 +37,8 @@ from pathlib import Path
 from secure_fcit.config import load_config, parse_sets
 from secure_fcit.fcit.simulate import run_simulation, write_simulation
 
-SCALES = {"hom-50": "configs/hom-task.toml", "cross-silo": "configs/cross-silo-hom-task.toml"}
+SCALES = {"hom-50": "configs/hom-task.toml", "cross-silo": "configs/cross-silo-hom-task.toml",
+          "cross-silo-1k": "configs/cross-silo-hom-task-1k.toml"}
 
 
 def _cell_dir(out: Path, scale: str, stream: str, mode: str, eps: float | None, seed: int) -> Path:
@@ -64,7 +67,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scales", nargs="+", default=list(SCALES), choices=list(SCALES))
     ap.add_argument("--epsilons", nargs="+", type=float, default=[1, 2, 4, 8, 16])
-    ap.add_argument("--modes", nargs="+", default=["local", "distributed"], choices=["local", "distributed"])
+    ap.add_argument("--modes", nargs="*", default=["local", "distributed"], choices=["local", "distributed"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--max-stages", type=int, default=0, help="shorten the stream to its first N stages")
     ap.add_argument("--rounds", type=int, help="override fcit.rounds_per_stage (every cell)")
@@ -72,6 +75,8 @@ def main() -> int:
     ap.add_argument("--local-set", action="append", metavar="KEY=VALUE", help="override a key in local-DP cells")
     ap.add_argument("--distributed-set", action="append", metavar="KEY=VALUE",
                     help="override a key in distributed-DP cells")
+    ap.add_argument("--nonprivate-set", action="append", metavar="KEY=VALUE",
+                    help="override a key in the non-private cell")
     ap.add_argument("--skip-nonprivate", action="store_true",
                     help="run only the DP cells; the ratio uses a non-private cell already under --out, else null")
     ap.add_argument("--out", default="benchmarks/results")
@@ -106,7 +111,8 @@ def main() -> int:
                     cells.append(_cell(scale, stream, None, None, seed, ref, ref["last"]))
             else:
                 print(f"[{scale} {stream} seed {seed}] non-private", flush=True)
-                ref = _run(SCALES[scale], {**base, "dp.enabled": False, "dp.mode": "local"}, run_dir,
+                ref = _run(SCALES[scale], {**base, "dp.enabled": False, "dp.mode": "local",
+                                              **parse_sets(args.nonprivate_set)}, run_dir,
                            not args.no_progress)
                 cells.append(_cell(scale, stream, None, None, seed, ref, ref["last"]))
             for mode in args.modes:

@@ -388,9 +388,7 @@ def journals_verify(t: Target) -> object:
          "and the SHA-256 of its arrays.",
          ("HIPAA 164.312(c)(1)", "NIST SP 800-53 AU-9"))
 def checkpoints_verify(t: Target) -> object:
-    import hmac
-
-    from ..deploy.checkpoint import _mac
+    from ..deploy.checkpoint import mac_matches
 
     if t.state is None or not (t.state / "server" / "checkpoints").is_dir():
         return not_applicable("no server checkpoints (RUN/server/checkpoints) under --state")
@@ -406,8 +404,7 @@ def checkpoints_verify(t: Target) -> object:
     for path in records:
         try:
             record = json.loads(path.read_text())
-            mac = record.get("mac", "")
-            if not hmac.compare_digest(str(mac), _mac(key, record)):
+            if not isinstance(record, dict) or not mac_matches(key, record):
                 problems.append(f"{path.name}: MAC fails (edited, or written under another key)")
                 continue
             arrays = folder / Path(record["arrays"]).name

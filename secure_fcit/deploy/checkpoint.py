@@ -93,6 +93,12 @@ def _mac(key: bytes, record: dict[str, Any]) -> str:
     return hmac.new(key, b"secure_fcit/v1/checkpoint\0" + body.encode(), hashlib.sha256).hexdigest()
 
 
+def mac_matches(key: bytes, record: dict[str, Any]) -> bool:
+    """Whether checkpoint ``record`` (its JSON object, ``mac`` included) carries its HMAC under ``key``."""
+    mac = record.get("mac")
+    return isinstance(mac, str) and hmac.compare_digest(mac, _mac(key, record))
+
+
 def _check_key(key: bytes) -> None:
     if not isinstance(key, bytes) or len(key) != _KEY_BYTES:
         raise ConfigError(f"a checkpoint key is {_KEY_BYTES} bytes (see checkpoint_key)")
@@ -163,8 +169,7 @@ def load_checkpoint(directory: str | Path, *, key: bytes) -> dict[str, Any] | No
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
         raise ConfigError(f"checkpoint {json_path} cannot be read: {exc}") from None
-    mac = record.get("mac")
-    if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(key, record)):
+    if not mac_matches(key, record):
         raise ConfigError(f"checkpoint {json_path} fails its MAC: it was not written under this server's "
                           "checkpoint key (edited, or from another state folder); refusing to resume from it")
     try:

@@ -148,3 +148,27 @@ def test_each_party_gets_only_its_own_private_key_and_a_folder_with_others_is_re
         CertFolder.from_config(cfg, str(tmp_path / "pki"))  # the operator's folder: every key
     with pytest.raises(ConfigError, match="client-000.key"):
         CertFolder.from_config(cfg, str(site), holder="client-001")
+
+
+def test_control_au2_passes_intact_checkpoints_and_names_an_edited_one(tmp_path):
+    """AU-2 (compliance): an operator's edit of a checkpoint's tree that keeps the old MAC fails."""
+    from secure_fcit.compliance.catalogue import Outcome
+    from secure_fcit.compliance.policy import Target
+    from secure_fcit.compliance.static import checkpoints_verify
+    from secure_fcit.config import Config
+
+    folder = tmp_path / "server" / "checkpoints"
+    for i in range(2):
+        save_checkpoint(folder, {"i": i, "v": np.full(3, i, np.float32)}, key=KEY)
+    (tmp_path / "server" / "checkpoint.key").write_bytes(KEY)
+    target = Target(config=Config(), state=tmp_path)
+    assert checkpoints_verify(target).outcome is Outcome.PASS
+    path = folder / "ckpt-000001.json"
+    record = json.loads(path.read_text())
+    record["tree"]["i"] = 7  # the MAC is left as it was
+    path.write_text(json.dumps(record))
+    finding = checkpoints_verify(target)
+    assert finding.outcome is Outcome.FAIL
+    assert any("ckpt-000001.json: MAC fails" in e for e in finding.evidence)
+    path.write_text("[1, 2]")  # not a JSON object: named, not a crash
+    assert any("ckpt-000001.json" in e for e in checkpoints_verify(target).evidence)
