@@ -4,7 +4,7 @@ centralised emulation of one distributed-DP stage.
     python benchmarks/dp_steps.py [--config configs/demo.toml] [--stage 0] [--targets vo]
         [--optimizer momentum|adam|sgd] [--lr 4] [--steps 30] [--batch 250]
         [--emulate-samples 500] [--rounds 30] [--noise accounted|none] [--eval-every 6]
-        [--out benchmarks/results/dp_steps/<name>.json]
+        [--out benchmarks/results/dp_steps/<name>.json] [--sigma-only]
 
 Distributed DP (`dp.distributed`) takes one step per round at the coordinator on the noisy mean of
 the cohort's per-sample clipped gradients. This script takes the same step on one process, with
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--noise", default="accounted", choices=("accounted", "none"))
     ap.add_argument("--eval-every", type=int, default=6)
     ap.add_argument("--out", default="")
+    ap.add_argument("--sigma-only", action="store_true",
+                    help="print sigma and the noise per coordinate of the recipe, and train nothing")
     args = ap.parse_args(argv)
     if min(args.steps, args.batch, args.emulate_samples, args.rounds, args.eval_every) < 1:
         ap.error("--steps, --batch, --emulate-samples, --rounds and --eval-every must be positive")
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{task}: {len(samples)} training samples, {x.size} trained coordinates ({args.targets}), "
           f"sigma {sigma:.3f} for {args.rounds} releases at q {dp.sample_rate:g} (excess {excess:.2f}), "
           f"noise per coordinate of the mean {std_sum / args.batch:.2e} (as on {args.emulate_samples} samples)")
+    if args.sigma_only:
+        return 0
 
     def score() -> tuple[float, list[str]]:
         slots.load_slot(0, w)
