@@ -98,11 +98,12 @@ def main() -> int:
         stream = f"{stream}+{args.variant}"
     per_mode = {"local": {"dp.mode": "local", **parse_sets(args.local_set)},
                 "distributed": {"dp.mode": "distributed", **parse_sets(args.distributed_set)}}
+    nonprivate = {"dp.enabled": False, "dp.mode": "local", **parse_sets(args.nonprivate_set)}
     cells = []
     for scale in args.scales:
         for seed in args.seeds:
             base = {**common, "seed": seed}
-            # skipped: a variant's DP recipe is measured against the config's own non-private cell
+            # with --skip-nonprivate, a variant's DP cells are measured against the config's own reference
             run_dir = _cell_dir(out, scale, base_stream if args.skip_nonprivate else stream, "none", None, seed)
             if args.skip_nonprivate:
                 ref_file = run_dir / "cell.json"
@@ -111,9 +112,7 @@ def main() -> int:
                     cells.append(_cell(scale, stream, None, None, seed, ref, ref["last"]))
             else:
                 print(f"[{scale} {stream} seed {seed}] non-private", flush=True)
-                ref = _run(SCALES[scale], {**base, "dp.enabled": False, "dp.mode": "local",
-                                              **parse_sets(args.nonprivate_set)}, run_dir,
-                           not args.no_progress)
+                ref = _run(SCALES[scale], {**base, **nonprivate}, run_dir, not args.no_progress)
                 cells.append(_cell(scale, stream, None, None, seed, ref, ref["last"]))
             for mode in args.modes:
                 for eps in args.epsilons:
