@@ -412,9 +412,12 @@ class DPConfig:
     sample_rate: float = 1.0
     #: Distributed: the coordinator's step, w -= server_lr * (noisy gradient sum / noisy count).
     server_lr: float = 0.05
-    #: Distributed: the coordinator's optimizer on the decoded mean gradient: "sgd", "momentum" (0.9)
-    #: or "adam" (betas 0.9, 0.999; server_lr is then Adam's step size).
+    #: Distributed: the coordinator's optimizer on the decoded mean gradient: "sgd", "momentum"
+    #: (``server_momentum``) or "adam" (betas 0.9, 0.999; server_lr is then Adam's step size).
     server_optimizer: str = "sgd"
+    #: Distributed, "momentum": the velocity's decay. At a fixed server_lr / (1 - momentum) the
+    #: noise reaching the weights is the same; a lower decay reaches full speed in fewer rounds.
+    server_momentum: float = 0.9
     #: Distributed: each sample adds this constant in one extra coordinate, so the noisy sum carries
     #: a noisy count (the divisor) inside the same mechanism; the sensitivity is sqrt(C^2 + a^2).
     count_scale: float = 0.25
@@ -479,6 +482,8 @@ class DPConfig:
             raise ConfigError(f"dp.sample_rate must be in (0, 1], got {self.sample_rate}")
         if not 0 < self.server_lr < 1000:
             raise ConfigError(f"dp.server_lr must be in (0, 1000), got {self.server_lr}")
+        if not 0 <= self.server_momentum < 1:
+            raise ConfigError(f"dp.server_momentum must be in [0, 1), got {self.server_momentum}")
         if self.server_optimizer not in ("sgd", "momentum", "adam"):
             raise ConfigError(f"dp.server_optimizer must be 'sgd', 'momentum' or 'adam', got {self.server_optimizer!r}")
         if not 0 < self.count_scale <= self.max_grad_norm:

@@ -22,6 +22,7 @@ from ..config import Config, DPConfig
 from ..crypto.prg import ChaCha20PRG
 from ..errors import ConfigError, JournalError, PrivacyError
 from ..model.chat import EncodedSample
+from ..model.train import FeatureCache
 from .accounting import STREAM_PARTITION
 from .ledger import PrivacyLedger, ReleasePlan, RoundPlan
 from .sgd import DPStepResult, clipped_per_sample_grads, dp_train_steps
@@ -233,12 +234,13 @@ class ClientPrivacy:
                                  samples: Sequence[EncodedSample], stage: int, round: int, pad_id: int, *,
                                  position: int, n_active: int, cohort_size: int, t: int, colluders: int,
                                  frac_bits: int, bound: float, rotation_seed: bytes,
-                                 features: Sequence[torch.Tensor] | None = None) -> np.ndarray:
+                                 features: FeatureCache | None = None) -> np.ndarray:
         """This client's input to a distributed-DP update sum (layout: `protocols.layout`): the
         integer encoding of its per-sample clipped gradients over a Poisson sample (rate
         ``dp.sample_rate``) of the stage's data in block ``position``, a Skellam share of variance
         mu / (t - c) in every block, divided by 2^scale_bits; the release is journaled first.
-        ``features``: the samples' image features, computed once by the caller (or None)."""
+        ``features``: the samples' image features (`model.train.FeatureCache`: each computed the
+        first time a round samples it), or None."""
         from ..protocols.layout import distributed_vector_length
         from .distributed import encode_samples, noise_share, rotation_signs
         from .skellam import SkellamSampler
@@ -253,7 +255,7 @@ class ClientPrivacy:
         chosen = np.flatnonzero(prg.uniform(len(samples)) < plan.q)
         grads, _ = clipped_per_sample_grads(model, params, [samples[i] for i in chosen],
                                             max_grad_norm=self.dp.max_grad_norm, pad_id=pad_id,
-                                            features=None if features is None else [features[i] for i in chosen])
+                                            features=None if features is None else features.take(chosen))
         z = encode_samples(enc, grads, rotation_signs(rotation_seed, enc.padded), prg)
         sampler = SkellamSampler()
         out = np.zeros(distributed_vector_length(n_active, enc.padded), dtype=np.float64)

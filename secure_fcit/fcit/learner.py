@@ -20,7 +20,7 @@ from ..errors import ConfigError, PrivacyError
 from ..model.chat import EncodedSample, collate_train, model_device, per_sequence_loss
 from ..model.encoder import InstructionEncoder, mean_token
 from ..model.slots import SlotLoRA
-from ..model.train import TrainSpec, image_features, train_steps
+from ..model.train import FeatureCache, TrainSpec, train_steps
 
 if TYPE_CHECKING:
     from ..dp.client import ClientPrivacy
@@ -59,8 +59,9 @@ class SlotLearner:
         self.seed = seed
         self._tokens: dict[int, np.ndarray] = {}
         self._token_counts: dict[int, float] = {}
-        #: distributed DP: the current stage's image features (the frozen tower's, computed once)
-        self._features: dict[int, list[torch.Tensor]] = {}
+        #: distributed DP: the current stage's image features (the frozen tower's, each computed once,
+        #: when a round first samples it)
+        self._features: dict[int, FeatureCache] = {}
 
     @property
     def fresh_randomness(self) -> bool:
@@ -81,7 +82,7 @@ class SlotLearner:
         samples = list(self.samples[stage])
         with self.slots.training(slot, freeze_a=self.freeze_a) as params:
             if stage not in self._features:  # the frozen tower's output: the same every round; one stage kept
-                self._features = {stage: image_features(self.slots.model, samples)}
+                self._features = {stage: FeatureCache(self.slots.model, samples)}
             return self.privacy.distributed_contribution(self.slots.model, params, samples, stage, round,
                                                          self.pad_id, features=self._features[stage], **round_info)
 

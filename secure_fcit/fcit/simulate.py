@@ -144,7 +144,7 @@ def build_organizer(config: Config, dim: int, slots: SlotLoRA, layout: dict[str,
             raise ConfigError("distributed DP needs the federation id (it seeds the public rotations)")
         organizer.use_distributed(DistributedStep(
             federation_id, slots.trainable_index(config.fcit.freeze_lora_a), dp.count_scale, dp.server_lr,
-            momentum=0.9 if dp.server_optimizer == "momentum" else 0.0, adam=dp.server_optimizer == "adam"))
+            momentum=dp.server_momentum if dp.server_optimizer == "momentum" else 0.0, adam=dp.server_optimizer == "adam"))
     return organizer
 
 

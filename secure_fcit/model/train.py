@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from .chat import EncodedSample, collate_train, model_device, per_sequence_loss
 
-__all__ = ["TrainSpec", "train_steps", "warmup_linear_decay", "image_features"]
+__all__ = ["FeatureCache", "TrainSpec", "train_steps", "warmup_linear_decay", "image_features"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,36 @@ def image_features(model: torch.nn.Module, samples: Sequence[EncodedSample], chu
         feats += list(base.model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output)
     base.train(was_training)
     return feats
+
+
+
+class FeatureCache:
+    """The image features (`image_features`) of a fixed list of samples, computed the first time a
+    sample is asked for and kept: a round that samples a few of many samples (Poisson rate q) runs
+    the frozen tower only on those it has not seen yet. ``take(indices)`` returns them in order."""
+
+    def __init__(self, model: torch.nn.Module, samples: Sequence[EncodedSample]):
+        self.model, self.samples = model, list(samples)
+        self._done: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def computed(self) -> int:
+        """How many samples' features were computed so far."""
+        return len(self._done)
+
+    def take(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        indices = [int(i) for i in indices]
+        bad = [i for i in indices if not 0 <= i < len(self.samples)]
+        if bad:
+            raise IndexError(f"sample index {bad[0]} out of range for {len(self.samples)} samples")
+        missing = sorted({i for i in indices if i not in self._done})
+        if missing:
+            for i, f in zip(missing, image_features(self.model, [self.samples[i] for i in missing]), strict=True):
+                self._done[i] = f
+        return [self._done[i] for i in indices]
 
 
 def train_steps(

@@ -115,6 +115,31 @@ def test_a_threshold_that_cannot_carry_the_noise_is_refused_with_the_numbers(tmp
                                     'min_cohort = 2\n'))
 
 
+def test_the_server_momentum_reaches_the_coordinators_step_and_a_decay_of_1_is_refused(tmp_path, monkeypatch):
+    import numpy as np
+
+    import secure_fcit.fcit.simulate as sim
+
+    base = _DIST + '[privacy]\naggregation = "masking"\n'
+    with pytest.raises(ConfigError, match=r"dp.server_momentum must be in \[0, 1\), got 1.0"):
+        load_config(write(tmp_path, base.replace("[scenario]", 'server_momentum = 1.0\n[scenario]')))
+    cfg = load_config(write(tmp_path, base.replace("[scenario]", 'server_optimizer = "momentum"\n'
+                                                                  'server_momentum = 0.5\n[scenario]')))
+    seen = {}
+
+    class Slots:
+        def trainable_index(self, freeze_a):
+            return np.arange(4)
+
+    class Org:
+        def use_distributed(self, step):
+            seen["step"] = step
+
+    monkeypatch.setattr(sim, "_organizer", lambda *a, **k: Org())
+    sim.build_organizer(cfg, 4, Slots(), {"max_slots": 1, "parts": 1}, federation_id="fed")
+    assert seen["step"].momentum == 0.5 and not seen["step"].adam
+
+
 def test_a_bit_width_over_the_fixed_point_is_refused_with_the_numbers(tmp_path):
     with pytest.raises(ConfigError, match=r"dp.scale_bits = 20 exceeds the 13 fractional bits .* cohort of 5"):
         load_config(write(tmp_path, _DIST.replace('mode = "distributed"', 'mode = "distributed"\nscale_bits = 20')

@@ -125,6 +125,31 @@ def test_image_features_computed_once_give_the_same_logits_and_frozen_tower_is_r
         image_features(slots.model, samples)
 
 
+def test_the_feature_cache_runs_the_tower_once_per_sample_asked_for_and_equals_the_batch_pass(slotted, monkeypatch):
+    """A distributed-DP round samples a few of a stage's samples: `FeatureCache.take` computes the
+    features of only those not seen before, and returns what the one-shot pass returns."""
+    import secure_fcit.model.train as train
+    from secure_fcit.model.chat import EncodedSample
+
+    slots, batch = slotted
+    samples = [EncodedSample(batch.input_ids[i], batch.labels[i], batch.pixel_values[i])
+               for i in range(batch.input_ids.shape[0])]
+    assert len(samples) >= 2
+    with slots.training(1):
+        full = train.image_features(slots.model, samples)
+        cache = train.FeatureCache(slots.model, samples)
+        asked: list[int] = []
+        real = train.image_features
+        monkeypatch.setattr(train, "image_features", lambda m, s: (asked.append(len(s)), real(m, s))[1])
+        first = cache.take([1])
+        again = cache.take([1, 0, 1])
+    assert asked == [1, 1] and cache.computed == 2 and len(cache) == len(samples)
+    assert torch.allclose(first[0], full[1], atol=1e-6)
+    assert [torch.allclose(a, full[i], atol=1e-6) for a, i in zip(again, [1, 0, 1], strict=True)] == [True] * 3
+    with pytest.raises(IndexError, match=f"sample index {len(samples)} out of range"):
+        cache.take([len(samples)])
+
+
 def test_the_vo_target_set_adapts_exactly_the_language_models_v_and_o_projections(micro_model_dir):
     from secure_fcit.config import LORA_TARGETS, config_from_dict
 
