@@ -444,11 +444,8 @@ def _public_sigma(tokens: tuple[Mechanism, ...], q: float, steps: int, epsilon: 
 
 
 @functools.lru_cache(maxsize=256)
-@functools.lru_cache(maxsize=64)
 def _public_variance(l2: float, l1: float, q: float, rounds: int, epsilon: float, delta: float,
                      gaussian: tuple[Mechanism, ...] = ()) -> float | None:
-    """The Skellam variance the public schedule needs: a pure function of public numbers, so every
-    round of a stage reuses the first round's search (it cost about 6 % of a client's round)."""
     from .skellam import derive_skellam_variance
 
     return derive_skellam_variance([], l2=l2, l1=l1, q=q, steps=max(1, rounds), target_epsilon=epsilon, delta=delta,

@@ -64,7 +64,6 @@ def image_features(model: torch.nn.Module, samples: Sequence[EncodedSample], chu
     return feats
 
 
-
 class FeatureCache:
     """The image features (`image_features`) of a fixed list of samples, computed the first time a
     sample is asked for and kept: a round that samples a few of many samples (Poisson rate q) runs
