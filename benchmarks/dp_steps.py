@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     sigma = accounted_sigma(dp, enc, args.rounds) if args.noise == "accounted" else 0.0
     std_sum = sigma * enc.sample_norm * math.sqrt(excess) * args.batch / args.emulate_samples
     # the coordinator's own server step (post-processing of the noisy mean)
-    server = DistributedStep("dp_steps", idx, dp.count_scale, args.lr, momentum=dp.server_momentum if args.optimizer == "momentum"
-                             else 0.0, adam=args.optimizer == "adam")
+    momentum = dp.server_momentum if args.optimizer == "momentum" else 0.0
+    server = DistributedStep("dp_steps", idx, dp.count_scale, args.lr, momentum=momentum, adam=args.optimizer == "adam")
     state = None
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)

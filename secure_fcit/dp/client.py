@@ -13,6 +13,7 @@ import builtins
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,10 +23,12 @@ from ..config import Config, DPConfig
 from ..crypto.prg import ChaCha20PRG
 from ..errors import ConfigError, JournalError, PrivacyError
 from ..model.chat import EncodedSample
-from ..model.train import FeatureCache
 from .accounting import STREAM_PARTITION
 from .ledger import PrivacyLedger, ReleasePlan, RoundPlan
 from .sgd import DPStepResult, clipped_per_sample_grads, dp_train_steps
+
+if TYPE_CHECKING:
+    from ..model.train import FeatureCache
 
 __all__ = ["ClientPrivacy", "planned_rounds", "planned_by_task", "stages_by_task", "noisy_token", "noisy_sum"]
 

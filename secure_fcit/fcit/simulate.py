@@ -142,9 +142,10 @@ def build_organizer(config: Config, dim: int, slots: SlotLoRA, layout: dict[str,
     if dp.enabled and dp.mode == "distributed":
         if not federation_id:
             raise ConfigError("distributed DP needs the federation id (it seeds the public rotations)")
+        momentum = dp.server_momentum if dp.server_optimizer == "momentum" else 0.0
         organizer.use_distributed(DistributedStep(
             federation_id, slots.trainable_index(config.fcit.freeze_lora_a), dp.count_scale, dp.server_lr,
-            momentum=dp.server_momentum if dp.server_optimizer == "momentum" else 0.0, adam=dp.server_optimizer == "adam"))
+            momentum=momentum, adam=dp.server_optimizer == "adam"))
     return organizer
 
 
